@@ -1,0 +1,102 @@
+"""Block layouts: how a pattern groups one weight's elements into blocks.
+
+A :class:`BlockLayout` turns a weight-shaped tensor into one value per block (``reduce``)
+and a per-block keep decision back into a weight-shaped mask (``expand``). Patterns built on
+the base class only say which layout each op gets; the base class does the counting.
+
+:class:`GridLayout` is the NxM tiling of INC's 2-D view: Linear ``(out, in)`` as is, Conv
+``(out, in, *k)`` permuted to ``(out, *k, in)`` and flattened to ``(out, prod(k) * in)``
+(the input channel varies fastest). Edge tiles may be partial.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Reduce = Literal["mean", "sum", "max"]
+
+
+class BlockLayout(Protocol):
+    """The contract every block layout keeps (flat block order defines tie-breaking)."""
+
+    num_blocks: int
+    block_size: int  # nominal elements per block
+    sizes: Tensor | None  # elements per block (1-D) when blocks differ in size, else None
+
+    def reduce(self, values: Tensor, how: Reduce) -> Tensor:
+        """Weight-shaped ``values`` -> 1-D ``(num_blocks,)``, reduced over each block."""
+        ...
+
+    def expand(self, block_values: Tensor) -> Tensor:
+        """1-D ``(num_blocks,)`` -> weight-shaped, each element taking its block's value."""
+        ...
+
+
+def to_2d(weight: Tensor) -> Tensor:
+    """INC's 2-D view of a Linear or Conv weight: ``(out, prod(kernel) * in)``, in fastest."""
+    if weight.dim() <= 2:
+        return weight
+    order = (0, *range(2, weight.dim()), 1)
+    return weight.permute(order).reshape(weight.shape[0], -1)
+
+
+def from_2d(view: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
+    """Inverse of :func:`to_2d` for a weight of ``shape``."""
+    if len(shape) <= 2:
+        return view.reshape(shape)
+    out, inp, *kernel = shape
+    permuted = view.reshape(out, *kernel, inp)
+    last = len(shape) - 1
+    return permuted.permute(0, last, *range(1, last))
+
+
+class GridLayout:
+    """``n x m`` tiles on the 2-D view of a weight of ``shape``; edge tiles may be partial.
+
+    Blocks are numbered row-major over the tile grid ``(ceil(R/n), ceil(C/m))``.
+    """
+
+    def __init__(self, shape: tuple[int, ...], n: int, m: int) -> None:
+        self.shape = tuple(shape)
+        rows = shape[0]
+        cols = math.prod(shape[1:]) if len(shape) > 1 else 1
+        self.rows, self.cols, self.n, self.m = rows, cols, min(n, rows), min(m, cols)
+        self.grid = (math.ceil(rows / self.n), math.ceil(cols / self.m))
+        self.num_blocks = self.grid[0] * self.grid[1]
+        self.block_size = self.n * self.m
+        self.pad = (self.grid[0] * self.n - rows, self.grid[1] * self.m - cols)
+        self.divisible = self.pad == (0, 0)
+        self.sizes: Tensor | None = None
+        if not self.divisible:
+            row_sizes = torch.full((self.grid[0],), self.n, dtype=torch.int64)
+            row_sizes[-1] = self.n - self.pad[0]
+            col_sizes = torch.full((self.grid[1],), self.m, dtype=torch.int64)
+            col_sizes[-1] = self.m - self.pad[1]
+            self.sizes = torch.outer(row_sizes, col_sizes).reshape(-1)
+
+    def reduce(self, values: Tensor, how: Reduce) -> Tensor:
+        view = to_2d(values)
+        if not self.divisible:
+            fill = float("-inf") if how == "max" else 0.0
+            view = F.pad(view, (0, self.pad[1], 0, self.pad[0]), value=fill)
+        tiles = view.reshape(self.grid[0], self.n, self.grid[1], self.m)
+        if how == "max":
+            return tiles.amax(dim=(1, 3)).reshape(-1)
+        total = tiles.sum(dim=(1, 3)).reshape(-1)
+        if how == "sum":
+            return total
+        if self.sizes is None:
+            return total / self.block_size
+        return total / self.sizes.to(device=total.device, dtype=total.dtype)
+
+    def expand(self, block_values: Tensor) -> Tensor:
+        tiles = block_values.reshape(self.grid[0], 1, self.grid[1], 1)
+        full = tiles.expand(self.grid[0], self.n, self.grid[1], self.m)
+        view = full.reshape(self.grid[0] * self.n, self.grid[1] * self.m)
+        view = view[: self.rows, : self.cols]
+        return from_2d(view.contiguous(), self.shape).contiguous()

@@ -1,0 +1,68 @@
+"""The NxM family (INC's ``"NxM"``): ``"4x1"``, ``"1x1"``, ``"2x2"``, ``"channelx1"``, ...
+
+N counts output channels (dim 0, "vertical"), M input positions, on INC's 2-D view of the
+weight (see :mod:`prunekit.patterns.layout`). ``"1x1"`` is unstructured; ``"channel"`` spans
+the whole dim, so ``"channelx1"`` removes whole columns of the view and ``"1xchannel"``
+whole rows (a whole output neuron or conv filter).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from prunekit.errors import IndivisibleShapeError, InvalidSpecError
+from prunekit.hookspecs import Register, hookimpl
+from prunekit.patterns.base import Pattern
+from prunekit.patterns.layout import BlockLayout, GridLayout
+
+_SPEC = r"(?P<n>[0-9]+|channel)x(?P<m>[0-9]+|channel)"
+
+
+class NxMPattern(Pattern):
+    """N x M tiles on the (out, kernel*in) view; 'channel' spans a whole dim."""
+
+    description = "N x M tiles on INC's (out, kernel*in) view; 'channel' spans a whole dim"
+    spec = _SPEC
+    spec_examples = ("1x1", "2x1", "4x1", "1x4", "2x2", "4x4", "channelx1", "1xchannel")
+
+    @classmethod
+    def parse_spec(cls, spec: str) -> Mapping[str, Any]:
+        match = re.fullmatch(_SPEC, spec)
+        if match is None:
+            raise InvalidSpecError(
+                f"pattern {spec!r} is not an NxM spec: write N and M as whole numbers >= 1 or "
+                "'channel', as in '4x1', '1x1', 'channelx1', '1xchannel'")
+        params: dict[str, Any] = {}
+        for key in ("n", "m"):
+            text = match.group(key)
+            if text != "channel" and int(text) < 1:
+                raise InvalidSpecError(
+                    f"pattern {spec!r}: block size {key.upper()}={text} must be >= 1 (or 'channel')")
+            params[key] = text if text == "channel" else int(text)
+        return params
+
+    def layout(self, name: str, module: nn.Module) -> BlockLayout | None:
+        grid = GridLayout(self.shapes[name], 1, 1)
+        rows, cols = grid.rows, grid.cols
+        n = rows if self.params["n"] == "channel" else self.params["n"]
+        m = cols if self.params["m"] == "channel" else self.params["m"]
+        if rows % n == 0 and cols % m == 0:
+            return GridLayout(self.shapes[name], n, m)
+        reason = (f"its 2-D view ({rows}, {cols}) does not divide into "
+                  f"{self.config.pattern} blocks")
+        if self.options.indivisible == "raise":
+            raise IndivisibleShapeError(
+                f"op {name!r}: {reason}; use indivisible='partial' (edge blocks) or 'skip'")
+        if self.options.indivisible == "skip":
+            self.skip(name, reason)
+            return None
+        return GridLayout(self.shapes[name], n, m)
+
+
+@hookimpl
+def register_patterns(register: Register) -> None:
+    register("NxM", NxMPattern)

@@ -1,0 +1,240 @@
+"""Which blocks to remove: exact counts, deterministic ties, caps, global scope.
+
+Everything here works on *keys*: integers that sort exactly like the block scores (see
+:func:`sortable_keys`), so ties, ``-0.0``, ``inf`` and "already removed" sentinels are exact
+integer comparisons. Selection is by counting, never by a full sort:
+
+* :func:`lowest_k` removes the ``k`` lowest keys of one op (one ``kthvalue`` and one pass for
+  the ties, which go to the lower flat index);
+* :func:`global_counts` finds how many blocks each op removes under global scope with
+  per-op caps, by a radix search over the keys' bits (16 bits at a time, a weighted
+  ``bincount`` per op per round), which evaluates the capped total at 65,536 candidate
+  thresholds per pass. Two passes for float32 keys, four for float64.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from prunekit.errors import ImpossibleTargetError
+
+_DIGIT_BITS = 16
+_BUCKETS = 1 << _DIGIT_BITS
+_EPS = 1e-9
+
+
+def key_dtype_for(dtype: torch.dtype) -> torch.dtype:
+    """The float dtype block scores are computed in: float64 stays exact, all else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def sortable_keys(scores: Tensor) -> Tensor:
+    """Integers that order exactly like the float ``scores`` (float32 -> int32, float64 ->
+    int64). ``-0.0`` equals ``0.0``; NaN must have been rejected before."""
+    scores = scores + 0.0  # a fresh tensor, and -0.0 becomes +0.0
+    if scores.dtype == torch.float64:
+        bits = scores.view(torch.int64)
+        return bits ^ ((bits >> 63) & 0x7FFFFFFFFFFFFFFF)
+    bits = scores.to(torch.float32).view(torch.int32)
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+def removed_sentinel(keys: Tensor) -> int:
+    """A key below every real score's key: blocks already removed by a pre-mask."""
+    return int(torch.iinfo(keys.dtype).min)
+
+
+def lowest_k(keys: Tensor, k: int) -> Tensor:
+    """Bool tensor shaped like the 1-D ``keys``: True for the ``k`` lowest keys, ties broken
+    toward the lower index."""
+    n = keys.numel()
+    if k <= 0:
+        return torch.zeros(n, dtype=torch.bool, device=keys.device)
+    if k >= n:
+        return torch.ones(n, dtype=torch.bool, device=keys.device)
+    kth = torch.kthvalue(keys, k).values
+    chosen = keys < kth
+    need = k - int(chosen.sum())
+    tied = keys == kth
+    chosen |= tied & (torch.cumsum(tied, 0) <= need)
+    return chosen
+
+
+@dataclass
+class OpBlocks:
+    """One op's blocks as the global search sees them.
+
+    ``keys``: 1-D sortable keys, one per block. ``sizes``: elements per block when they
+    differ (partial edge blocks), else None and every block has ``block_size`` elements.
+    ``lo``/``hi``: how many blocks this op must / may remove (caps, already raised to cover
+    blocks that a pre-mask removed).
+    """
+
+    keys: Tensor
+    sizes: Tensor | None
+    block_size: int
+    lo: int
+    hi: int
+
+    @property
+    def num_blocks(self) -> int:
+        return self.keys.numel()
+
+    @property
+    def num_elements(self) -> int:
+        if self.sizes is None:
+            return self.num_blocks * self.block_size
+        return int(self.sizes.sum())
+
+    def elements_of_lowest(self, k: int) -> int:
+        """Elements in the ``k`` lowest blocks (the blocks :func:`lowest_k` would pick)."""
+        if self.sizes is None or k <= 0:
+            return max(k, 0) * self.block_size
+        return int(self.sizes[lowest_k(self.keys, k)].sum())
+
+
+def cap_counts(num_blocks: int, min_ratio: float, max_ratio: float, pre_removed: int) -> tuple[int, int]:
+    """(lo, hi): the block counts an op must / may remove under its ratio caps.
+
+    The max cap rounds down and the min cap up (a cap is a promise); blocks a pre-mask
+    already removed stay removed, so both rise to cover them.
+    """
+    hi = math.floor(max_ratio * num_blocks + _EPS)
+    lo = min(math.ceil(min_ratio * num_blocks - _EPS), hi)
+    return max(lo, pre_removed), max(hi, pre_removed)
+
+
+def local_count(num_blocks: int, target: float, lo: int, hi: int) -> int:
+    """Blocks one op removes on its own: ``round(target * B)`` (Python's round, as
+    torch.nn.utils.prune) within its caps."""
+    return min(max(round(target * num_blocks), lo), hi)
+
+
+def global_counts(ops: Sequence[OpBlocks], target_elements: int) -> list[int]:
+    """How many blocks each op removes so that, together, ``target_elements`` are removed.
+
+    The blocks are taken lowest key first across all ops (ties: earlier op, then lower
+    index), except that each op's count is held within ``[lo, hi]``: an op at its max stops
+    and the rest of the budget goes to the others; an op below its min is brought up to it.
+    The total lands on whole blocks nearest to ``target_elements`` (half-way: fewer).
+    """
+    e_lo = [op.elements_of_lowest(op.lo) for op in ops]
+    e_hi = [op.elements_of_lowest(op.hi) for op in ops]
+    reachable = sum(e_hi)
+    if reachable < target_elements:
+        total = sum(op.num_elements for op in ops)
+        raise ImpossibleTargetError(
+            f"the per-op caps allow removing at most {reachable} of {total} elements "
+            f"({reachable / max(total, 1):.2%}) but the target asks for {target_elements} "
+            f"({target_elements / max(total, 1):.2%}): short by {target_elements - reachable} "
+            "elements; raise max_sparsity_ratio_per_op or lower the target")
+    if sum(e_lo) >= target_elements or not ops:
+        return [op.lo for op in ops]
+
+    search = _RadixSearch(ops, e_lo, e_hi, target_elements)
+    return search.run()
+
+
+class _RadixSearch:
+    """Finds the threshold key by 16-bit digits, then shares the ties at it in op order."""
+
+    def __init__(self, ops: Sequence[OpBlocks], e_lo: list[int], e_hi: list[int], target: int):
+        self.ops = ops
+        self.target = target
+        self.device = ops[0].keys.device
+        self.lo = torch.tensor([op.lo for op in ops], dtype=torch.float64)
+        self.hi = torch.tensor([op.hi for op in ops], dtype=torch.float64)
+        self.e_lo = torch.tensor(e_lo, dtype=torch.float64)
+        self.e_hi = torch.tensor(e_hi, dtype=torch.float64)
+        self.width = torch.iinfo(ops[0].keys.dtype).bits
+        # Blocks (and their elements) with keys below the current prefix, per op.
+        self.base_count = torch.zeros(len(ops), dtype=torch.float64)
+        self.base_elems = torch.zeros(len(ops), dtype=torch.float64)
+
+    def _capped_elements(self, counts: Tensor, elems: Tensor) -> Tensor:
+        """Elements removed per op (rows) at each candidate threshold (columns)."""
+        lo, hi = self.lo[:, None], self.hi[:, None]
+        return torch.where(counts < lo, self.e_lo[:, None],
+                           torch.where(counts > hi, self.e_hi[:, None], elems))
+
+    def run(self) -> list[int]:
+        in_range: list[Tensor | None] = [None] * len(self.ops)
+        tied_counts = torch.zeros(len(self.ops), dtype=torch.float64)
+        for shift in range(self.width - _DIGIT_BITS, -1, -_DIGIT_BITS):
+            hist = torch.zeros(len(self.ops), _BUCKETS, dtype=torch.float64)
+            whist = torch.zeros(len(self.ops), _BUCKETS, dtype=torch.float64)
+            digits: list[Tensor] = []
+            for i, op in enumerate(self.ops):
+                keys = op.keys if in_range[i] is None else op.keys[in_range[i]]
+                d = self._digits(keys, shift)
+                digits.append(d)
+                counts = torch.bincount(d, minlength=_BUCKETS).to(torch.float64).cpu()
+                hist[i] = counts
+                if op.sizes is None:
+                    whist[i] = counts * op.block_size
+                else:
+                    sizes = op.sizes if in_range[i] is None else op.sizes[in_range[i]]
+                    whist[i] = torch.bincount(d, weights=sizes.to(torch.float64),
+                                              minlength=_BUCKETS).cpu()
+            at_or_below = self._capped_elements(self.base_count[:, None] + hist.cumsum(1),
+                                                self.base_elems[:, None] + whist.cumsum(1))
+            total = at_or_below.sum(0)
+            digit = int(torch.searchsorted(total, torch.tensor([float(self.target)],
+                                                               dtype=torch.float64)))
+            below = hist[:, :digit].sum(1)
+            self.base_count += below
+            self.base_elems += whist[:, :digit].sum(1)
+            tied_counts = hist[:, digit]
+            for i, op in enumerate(self.ops):
+                hit = digits[i] == digit
+                if in_range[i] is None:
+                    in_range[i] = hit
+                else:
+                    mask = in_range[i]
+                    assert mask is not None
+                    narrowed = torch.zeros_like(mask)
+                    narrowed[mask] = hit
+                    in_range[i] = narrowed
+        return self._share_ties(tied_counts, in_range)
+
+    def _digits(self, keys: Tensor, shift: int) -> Tensor:
+        if shift == self.width - _DIGIT_BITS:
+            return (keys >> shift).to(torch.int64) + (_BUCKETS // 2)
+        return ((keys >> shift) & (_BUCKETS - 1)).to(torch.int64)
+
+    def _share_ties(self, tied: Tensor, tied_masks: Sequence[Tensor | None]) -> list[int]:
+        """Counts below the threshold key, plus the tied blocks taken in op order."""
+        below = self.base_count
+        k_lt = torch.minimum(torch.maximum(below, self.lo), self.hi)
+        k_le = torch.minimum(torch.maximum(below + tied, self.lo), self.hi)
+        elems_lt = self._capped_elements(below[:, None], self.base_elems[:, None])[:, 0]
+        need = self.target - int(elems_lt.sum())
+        counts = [int(c) for c in k_lt]
+        for i, op in enumerate(self.ops):
+            available = int(k_le[i] - k_lt[i])
+            if need <= 0 or available <= 0:
+                continue
+            if op.sizes is None:
+                take = min(available, -(-need // op.block_size))
+                gained, last = take * op.block_size, op.block_size
+            else:
+                mask = tied_masks[i]
+                assert mask is not None
+                offset = int(k_lt[i] - below[i])
+                sizes = op.sizes[mask][offset:offset + available].to(torch.int64)
+                cumulative = torch.cumsum(sizes, 0)
+                take = min(available, int(torch.searchsorted(cumulative, torch.tensor([need]))) + 1)
+                gained, last = int(cumulative[take - 1]), int(sizes[take - 1])
+            counts[i] += take
+            need -= gained
+            if need <= 0:
+                overshoot = -need
+                if overshoot >= last - overshoot and overshoot > 0:
+                    counts[i] -= 1  # dropping the last block lands nearer (or as near)
+                break
+        return counts

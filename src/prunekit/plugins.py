@@ -1,0 +1,340 @@
+"""The pluggy plugin manager: built-ins first, then third-party entry points, each isolated.
+
+Loading is lazy (the first use of a registry), idempotent, and fault-isolated: a plugin that
+fails to import, fails inside its hook, or claims a taken name is reported with a
+:class:`PluginWarning` naming its distribution and the reason; everything else still loads.
+
+Environment variables (read when plugins load):
+
+``PRUNEKIT_LOAD_PLUGINS``
+    Comma-separated distribution names to load; every other third-party plugin is skipped.
+    Set but empty (``PRUNEKIT_LOAD_PLUGINS=``) loads no third-party plugin at all.
+``PRUNEKIT_SKIP_PLUGINS``
+    Comma-separated distribution names never to load.
+
+Built-ins always load and always win: they are registered before any entry point, so no
+plugin can take a built-in name or a spec that a built-in family claims.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as metadata
+import inspect
+import os
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pluggy
+
+from prunekit import hookspecs
+from prunekit.errors import (
+    NameTakenError,
+    UnknownCriterionError,
+    UnknownPatternError,
+    UnknownScheduleError,
+)
+from prunekit.naming import normalize_distribution
+from prunekit.registry import BUILTIN_OWNER, Entry, Registry
+
+ENTRY_POINT_GROUP = "prunekit"
+LOAD_ENV = "PRUNEKIT_LOAD_PLUGINS"
+SKIP_ENV = "PRUNEKIT_SKIP_PLUGINS"
+
+# The built-in plugins: modules that implement the same hooks as third-party plugins.
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "prunekit.patterns.nxm",
+    "prunekit.criteria",
+    "prunekit.schedules",
+)
+
+Kind = Literal["patterns", "criteria", "schedules"]
+KINDS: tuple[Kind, ...] = ("patterns", "criteria", "schedules")
+_HOOK_OF: dict[Kind, str] = {
+    "patterns": "register_patterns",
+    "criteria": "register_criteria",
+    "schedules": "register_schedules",
+}
+
+
+class PluginWarning(UserWarning):
+    """A plugin could not be loaded, or part of what it registered was refused."""
+
+
+@dataclass
+class PluginRecord:
+    """What one plugin (one entry point, or one built-in module) did when it loaded."""
+
+    distribution: str
+    version: str
+    entry_point: str  # "name = module" for entry points, the module name for built-ins
+    status: Literal["loaded", "partial", "failed", "skipped"] = "loaded"
+    registered: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in KINDS})
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def builtin(self) -> bool:
+        return self.distribution == BUILTIN_OWNER
+
+
+def _describe_pattern(cls: Any) -> tuple[str, str | None, tuple[str, ...]]:
+    return (
+        getattr(cls, "description", "") or _first_line(cls.__doc__),
+        getattr(cls, "spec", None),
+        tuple(getattr(cls, "spec_examples", ())),
+    )
+
+
+def _describe_callable(obj: Any) -> tuple[str, str | None, tuple[str, ...]]:
+    return (getattr(obj, "description", "") or _first_line(obj.__doc__), None, ())
+
+
+def _first_line(doc: str | None) -> str:
+    return inspect.cleandoc(doc).splitlines()[0] if doc and doc.strip() else ""
+
+
+def _check_pattern(name: str, obj: Any) -> None:
+    from prunekit.patterns.base import Pattern
+
+    if not (isinstance(obj, type) and issubclass(obj, Pattern)):
+        raise TypeError(f"pattern {name!r} must be a subclass of prunekit.Pattern, got {obj!r}")
+
+
+def _check_callable(kind: str) -> Callable[[str, Any], None]:
+    def check(name: str, obj: Any) -> None:
+        if not callable(obj):
+            raise TypeError(f"{kind} {name!r} must be callable, got {obj!r}")
+
+    return check
+
+
+def _env_names(variable: str) -> set[str] | None:
+    raw = os.environ.get(variable)
+    if raw is None:
+        return None
+    return {normalize_distribution(n) for n in raw.split(",") if n.strip()}
+
+
+class PluginHost:
+    """One pluggy manager and the registries it fills.
+
+    The process has one default host (:func:`default_host`); tests build fresh ones.
+    ``builtins`` lists the built-in plugin modules; ``metadata_path`` restricts entry-point
+    discovery to those directories (``None``: ``sys.path``, as usual).
+    """
+
+    def __init__(self, builtins: Sequence[str] = BUILTIN_PLUGINS,
+                 metadata_path: list[str] | None = None) -> None:
+        self.manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.manager.add_hookspecs(hookspecs)
+        self.builtins = tuple(builtins)
+        self.metadata_path = metadata_path
+        self.patterns: Registry[Any] = Registry(
+            "pattern", UnknownPatternError, "run `prunekit patterns` or "
+            "prunekit.list_patterns() to list every name", _describe_pattern, _check_pattern)
+        self.criteria: Registry[Any] = Registry(
+            "criterion", UnknownCriterionError, "see prunekit.CRITERIA for every name",
+            _describe_callable, _check_callable("criterion"))
+        self.schedules: Registry[Any] = Registry(
+            "schedule", UnknownScheduleError, "see prunekit.SCHEDULES for every name",
+            _describe_callable, _check_callable("schedule"))
+        self.records: list[PluginRecord] = []
+        self._state: Literal["new", "loading", "loaded"] = "new"
+        self._lock = threading.RLock()
+
+    def registry(self, kind: Kind) -> Registry[Any]:
+        registry: Registry[Any] = getattr(self, kind)
+        return registry
+
+    # -- loading --------------------------------------------------------------------------
+    def load(self) -> PluginHost:
+        """Load built-ins and entry points once; later calls return at once."""
+        if self._state != "new":
+            return self
+        with self._lock:
+            if self._state != "new":
+                return self
+            self._state = "loading"
+            try:
+                for module_name in self.builtins:
+                    self._load_builtin(module_name)
+                for dist_name, version, entry_point in self._entry_points():
+                    self._load_entry_point(dist_name, version, entry_point)
+            finally:
+                self._state = "loaded"
+        return self
+
+    def _load_builtin(self, module_name: str) -> None:
+        # Built-ins failing is a bug in prunekit itself, not a plugin fault: let it raise.
+        module = importlib.import_module(module_name)
+        record = PluginRecord(BUILTIN_OWNER, _version(BUILTIN_OWNER), module_name)
+        self.manager.register(module, name=f"{BUILTIN_OWNER}:{module_name}")
+        self._run_hooks(module, record, builtin=True)
+        self.records.append(record)
+
+    def _entry_points(self) -> Iterable[tuple[str, str, metadata.EntryPoint]]:
+        allowed, skipped = _env_names(LOAD_ENV), _env_names(SKIP_ENV) or set()
+        found: list[tuple[str, str, metadata.EntryPoint]] = []
+        seen: set[tuple[str, str]] = set()
+        for dist in metadata.distributions(**({"path": self.metadata_path}
+                                                 if self.metadata_path is not None else {})):
+            dist_name = dist.metadata["Name"] or "?"
+            key = normalize_distribution(dist_name)
+            if key == BUILTIN_OWNER:
+                continue
+            for ep in dist.entry_points:
+                if ep.group != ENTRY_POINT_GROUP or (key, ep.name) in seen:
+                    continue
+                seen.add((key, ep.name))
+                if (allowed is not None and key not in allowed) or key in skipped:
+                    variable = SKIP_ENV if key in skipped else LOAD_ENV
+                    self.records.append(PluginRecord(
+                        dist_name, dist.version, f"{ep.name} = {ep.value}", "skipped",
+                        problems=[f"skipped by {variable}"]))
+                    continue
+                found.append((dist_name, dist.version, ep))
+        # A stable order, so that conflicts between two plugins resolve the same way on
+        # every machine: distribution name, then entry-point name.
+        found.sort(key=lambda item: (normalize_distribution(item[0]), item[2].name))
+        return found
+
+    def _load_entry_point(self, dist_name: str, version: str, ep: metadata.EntryPoint) -> None:
+        record = PluginRecord(dist_name, version, f"{ep.name} = {ep.value}")
+        self.records.append(record)
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # any import-time failure of a plugin is isolated
+            self._fail(record, f"failed to import ({type(exc).__name__}: {exc})")
+            return
+        try:
+            self.manager.register(plugin, name=f"{dist_name}:{ep.name}")
+        except Exception as exc:  # pluggy validates hook signatures here
+            self._fail(record, f"was refused by the plugin manager ({type(exc).__name__}: {exc})")
+            return
+        unknown = self._unknown_hooks(plugin)
+        if unknown:
+            self.manager.unregister(plugin)
+            self._fail(record, unknown)
+            return
+        self._run_hooks(plugin, record, builtin=False)
+
+    def _unknown_hooks(self, plugin: object) -> str | None:
+        """A reason if ``plugin`` implements a hook prunekit does not define (a typo)."""
+        from prunekit.naming import close_matches
+
+        known = list(_HOOK_OF.values())
+        for hook_name, caller in vars(self.manager.hook).items():
+            if caller.spec is not None:
+                continue
+            if any(impl.plugin is plugin for impl in caller.get_hookimpls()):
+                hint = close_matches(hook_name, known)
+                return (f"implements unknown hook {hook_name!r}"
+                        + (f"; did you mean {hint[0]!r}?" if hint else "")
+                        + f" (prunekit's hooks: {', '.join(known)})")
+        return None
+
+    def add_plugin(self, plugin: object, name: str | None = None, owner: str | None = None) -> PluginRecord:
+        """Register an in-process plugin object (a module or an instance with hookimpls).
+
+        Loads the installed plugins first, so in-process plugins can never shadow them or
+        the built-ins. Returns the record of what was registered and refused.
+        """
+        self.load()
+        plugin_name = name or getattr(plugin, "__name__", None) or repr(plugin)
+        record = PluginRecord(owner or plugin_name, "", plugin_name)
+        self.manager.register(plugin, name=plugin_name)
+        self._run_hooks(plugin, record, builtin=False)
+        self.records.append(record)
+        return record
+
+    def _run_hooks(self, plugin: object, record: PluginRecord, *, builtin: bool) -> None:
+        """Call each of ``plugin``'s hooks with a staging callback, then commit.
+
+        A hook that raises discards everything that plugin registered (no half-loaded plugin);
+        a name that is taken is refused on its own, with a warning, and the rest is kept.
+        """
+        staged: list[tuple[Kind, Entry[Any]]] = []
+        for kind in KINDS:
+            registry = self.registry(kind)
+            for impl in getattr(self.manager.hook, _HOOK_OF[kind]).get_hookimpls():
+                if impl.plugin is not plugin:
+                    continue
+
+                def register(name: str, obj: Any, _kind: Kind = kind,
+                             _registry: Registry[Any] = registry) -> None:
+                    staged.append((_kind, _registry.make_entry(name, obj, record.distribution,
+                                                               builtin=builtin)))
+
+                try:
+                    impl.function(*[{"register": register}[arg] for arg in impl.argnames])
+                except Exception as exc:
+                    if builtin:
+                        raise
+                    self._fail(record, f"raised in {_HOOK_OF[kind]} ({type(exc).__name__}: {exc})")
+                    return
+        for kind, entry in staged:
+            registry = self.registry(kind)
+            try:
+                registry.check_free(entry)
+            except NameTakenError as exc:
+                if builtin:
+                    raise
+                record.status = "partial"
+                record.problems.append(str(exc))
+                warnings.warn(f"prunekit plugin {record.distribution!r}: {exc}", PluginWarning,
+                              stacklevel=2)
+                continue
+            registry.add(entry.name, entry.obj, entry.owner, builtin=builtin)
+            record.registered[kind].append(entry.name)
+
+    def _fail(self, record: PluginRecord, reason: str) -> None:
+        record.status = "failed"
+        record.problems.append(reason)
+        warnings.warn(
+            f"prunekit plugin {record.distribution!r} ({record.entry_point}) {reason}; "
+            "its patterns are not available, everything else loaded",
+            PluginWarning, stacklevel=2)
+
+    # -- registration from user code ------------------------------------------------------
+    def register(self, kind: Kind, name: str, obj: Any, *, owner: str,
+                 override: bool = False) -> Entry[Any]:
+        """Register one object in-process (the decorators' path into the same registry)."""
+        self.load()
+        return self.registry(kind).add(name, obj, owner, override=override)
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+_default: PluginHost | None = None
+_default_lock = threading.Lock()
+
+
+def default_host() -> PluginHost:
+    """The process-wide host, loaded on first use."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = PluginHost()
+    return _default.load()
+
+
+def reset_default_host() -> None:
+    """Forget the loaded plugins, so the next use loads them again (after changing the
+    environment variables or installing a plugin in a running process)."""
+    global _default
+    with _default_lock:
+        _default = None
+
+
+def load_plugins() -> list[PluginRecord]:
+    """Load plugins now (they load on first use anyway) and return what each one did."""
+    return default_host().records

@@ -1,0 +1,66 @@
+"""Schedules: which target sparsity holds at which training step.
+
+A registered schedule is a factory ``schedule(config) -> Callable[[int], float]``: given a
+validated :class:`~prunekit.PruningConfig` it returns the function from step to target.
+Registered through the ``register_schedules`` hook like any plugin's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from prunekit.hookspecs import Register, hookimpl
+
+if TYPE_CHECKING:
+    from prunekit.config import PruningConfig
+
+StepToSparsity = Callable[[int], float]
+
+
+def oneshot(config: PruningConfig) -> StepToSparsity:
+    """The whole target at ``start_step`` (0 before it)."""
+    target, start = config.target_sparsity, config.start_step
+
+    def at(step: int) -> float:
+        return target if step >= start else 0.0
+
+    return at
+
+
+def decay(kind: str, init: float, final: float, progress: float) -> float:
+    """INC's sparsity between ``init`` and ``final`` at ``progress`` in [0, 1]."""
+    p = min(max(progress, 0.0), 1.0)
+    if kind == "linear":
+        return init + (final - init) * p
+    if kind == "cube":
+        return init + (final - init) * p**3
+    if kind == "cos":
+        return init + (final - init) * (1 - math.cos(p * math.pi / 2))
+    if kind == "exp":
+        return 1 - (1 - init) * ((1 - final) / (1 - init)) ** p
+    raise ValueError(f"sparsity_decay_type: {kind!r} is not one of linear, cube, exp, cos")
+
+
+def iterative(config: PruningConfig) -> StepToSparsity:
+    """INC's iterative schedule: from 0 at ``start_step`` to the target at ``end_step``,
+    updated every ``pruning_frequency`` steps, shaped by ``sparsity_decay_type``."""
+    start, end = config.start_step, config.end_step
+    frequency, target, kind = config.pruning_frequency, config.target_sparsity, config.sparsity_decay_type
+
+    def at(step: int) -> float:
+        if step < start:
+            return 0.0
+        if step >= end:
+            return target
+        last_update = start + ((step - start) // frequency) * frequency
+        return decay(kind, 0.0, target, (last_update - start) / (end - start))
+
+    return at
+
+
+@hookimpl
+def register_schedules(register: Register) -> None:
+    register("oneshot", oneshot)
+    register("iterative", iterative)
