@@ -94,9 +94,8 @@ def _option_error(error: Any, pattern: Any) -> InitErrorDetails:
     if error["type"] == "extra_forbidden":
         message = "unknown key"
     return InitErrorDetails(type=PydanticCustomError(
-        error["type"], "{message} (an option of pattern {pattern!r})",
-        {"message": message, "pattern": str(pattern)}), loc=tuple(error["loc"]),
-        input=error.get("input"))
+        error["type"], "{message}", {"message": f"{message} (an option of pattern {pattern!r})"}),
+        loc=tuple(error["loc"]), input=error.get("input"))
 
 
 def _custom(message: str) -> PydanticCustomError:
@@ -374,9 +373,10 @@ def config_json_schema() -> dict[str, Any]:
     defs = schema.setdefault("$defs", {})
     for entry in default_host().patterns.entries():
         if entry.spec is not None:
-            families.append({"pattern": f"^(?:{entry.spec.pattern})$",
-                             "description": f"{entry.name}: {entry.description}"})
-            condition: dict[str, Any] = {"pattern": f"^(?:{entry.spec.pattern})$"}
+            # JSON Schema regexes are ECMA-262: named groups are written (?<name>...).
+            regex = "^(?:" + entry.spec.pattern.replace("(?P<", "(?<") + ")$"
+            families.append({"pattern": regex, "description": f"{entry.name}: {entry.description}"})
+            condition: dict[str, Any] = {"pattern": regex}
         else:
             names.append(entry.name)
             condition = {"const": entry.name}
@@ -389,7 +389,7 @@ def config_json_schema() -> dict[str, Any]:
             "if": {"properties": {"pattern": condition}},
             "then": {"properties": option_properties},
         })
-    properties["pattern"]["anyOf"] = [{"enum": names}, *families]
+    properties["pattern"]["anyOf"] = [*([{"enum": names}] if names else []), *families]
     if branches:
         schema["allOf"] = branches
     return schema

@@ -1,0 +1,83 @@
+"""The ``prunekit`` command: list patterns and plugins, print the config schema."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _patterns(args: argparse.Namespace, console: Console) -> int:
+    from prunekit.plugins import default_host
+
+    entries = default_host().patterns.entries(args.filter)
+    if not entries:
+        console.print(f"no pattern matches {args.filter!r}; run `prunekit patterns` for all")
+        return 1
+    table = Table(title="prunekit patterns", title_justify="left")
+    for column in ("name", "family", "registered by", "description"):
+        table.add_column(column, overflow="fold")
+    for entry in entries:
+        family = (f"grammar, e.g. {', '.join(entry.examples[:4])}" if entry.is_family else "")
+        table.add_row(entry.name, family, entry.owner_label(), entry.description)
+    console.print(table)
+    return 0
+
+
+def _plugins(args: argparse.Namespace, console: Console) -> int:
+    from prunekit.plugins import KINDS, default_host
+
+    host = default_host()
+    table = Table(title="prunekit plugins", title_justify="left")
+    for column in ("distribution", "version", "entry point", "status", "registered", "problems"):
+        table.add_column(column, overflow="fold")
+    for record in host.records:
+        registered = "; ".join(f"{kind}: {', '.join(record.registered[kind])}"
+                               for kind in KINDS if record.registered[kind])
+        table.add_row(record.distribution, record.version, record.entry_point, record.status,
+                      registered or "-", "\n".join(record.problems) or "-")
+    console.print(table)
+    return 0
+
+
+def _schema(args: argparse.Namespace, console: Console) -> int:
+    from prunekit.config import config_json_schema
+
+    sys.stdout.write(json.dumps(config_json_schema(), indent=2) + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prunekit", description="Neural-network pruning patterns as plugins for PyTorch.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    patterns = commands.add_parser("patterns", help="list registered patterns")
+    patterns.add_argument("filter", nargs="?", help="shell wildcard ('*x1') or substring")
+    patterns.set_defaults(run=_patterns)
+    plugins = commands.add_parser("plugins", help="installed plugins, what they registered, failures")
+    plugins.set_defaults(run=_plugins)
+    schema = commands.add_parser("schema", help="print the config JSON Schema (for editors)")
+    schema.set_defaults(run=_schema)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Wide enough for the tables when stdout is a pipe or a file (rich would assume 80).
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    # Plugin warnings are shown once, readably, rather than as Python warning lines.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code: int = args.run(args, console)
+    for warning in caught:
+        Console(stderr=True).print(f"[yellow]warning:[/yellow] {warning.message}")
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
