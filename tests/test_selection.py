@@ -164,3 +164,35 @@ def test_float64_keys_use_four_passes_exactly() -> None:
     assert counts == [123]
     chosen = lowest_k(ops[0].keys, 123)
     assert math.isclose(float(values[chosen].max()), float(torch.sort(values).values[122]))
+
+
+def sorted_reference_counts(values: list[torch.Tensor], lo: list[int], hi: list[int],
+                            target: int) -> list[int]:
+    """Vectorized reference for unit blocks: one stable sort of everything, min caps first."""
+    keys = torch.cat([sortable_keys(v) for v in values])
+    op = torch.cat([torch.full((v.numel(),), i) for i, v in enumerate(values)])
+    order = torch.sort(keys, stable=True).indices
+    op_sorted = op[order]
+    rank = torch.empty_like(op_sorted)
+    for i in range(len(values)):  # rank of each block within its own op's order
+        where = op_sorted == i
+        rank[where] = torch.arange(int(where.sum()))
+    lo_t, hi_t = torch.tensor(lo)[op_sorted], torch.tensor(hi)[op_sorted]
+    forced = rank < lo_t
+    eligible = (rank >= lo_t) & (rank < hi_t)
+    need = target - int(forced.sum())
+    taken = eligible & (torch.cumsum(eligible, 0) <= max(need, 0))
+    chosen = forced | taken
+    return [int((chosen & (op_sorted == i)).sum()) for i in range(len(values))]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_wide_digits_on_large_problems_match_a_full_sort(seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    sizes = (40_000, 25_000, 9_000)  # 74,000 blocks: 16-bit digits
+    values = [(torch.randn(n, generator=generator) * 50).round() / 7 for n in sizes]  # many ties
+    lo = [0, 2_000, 0]
+    hi = [39_000, 25_000, 3_000]
+    ops = [OpBlocks(sortable_keys(v), None, 1, a, b) for v, a, b in zip(values, lo, hi, strict=True)]
+    for target in (0, 1_999, 30_000, 52_345, 67_000):
+        assert global_counts(ops, target) == sorted_reference_counts(values, lo, hi, target)

@@ -12,7 +12,6 @@ problem, each naming the bad value and what would be valid.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -112,14 +111,14 @@ class PruningConfig(BaseModel):
         "4x1", description="A registered pattern name or family spec: '4x1', '1x1', "
         "'channelx1', '1xchannel' (NxM), or a plugin's name. `prunekit patterns` lists them.")
     target_sparsity: float = Field(
-        0.9, ge=0.0, lt=1.0, description="Fraction of weights to remove, in [0, 1).")
+        0.9, ge=0.0, lt=1.0, allow_inf_nan=False, description="Fraction of weights to remove, in [0, 1).")
     pruning_scope: Scope = Field(
         "global", description="'global': scores compared across all selected ops; 'local': "
         "each op reaches the target alone.")
     min_sparsity_ratio_per_op: float = Field(
-        0.0, ge=0.0, le=1.0, description="Lowest sparsity any op may have, in [0, 1].")
+        0.0, ge=0.0, le=1.0, allow_inf_nan=False, description="Lowest sparsity any op may have, in [0, 1].")
     max_sparsity_ratio_per_op: float = Field(
-        0.98, ge=0.0, le=1.0, description="Highest sparsity any op may have, in [0, 1].")
+        0.98, ge=0.0, le=1.0, allow_inf_nan=False, description="Highest sparsity any op may have, in [0, 1].")
     op_names: list[str] = Field(
         default_factory=list, description="Regular expressions over module names; empty: all.")
     excluded_op_names: list[str] = Field(
@@ -227,13 +226,6 @@ class PruningConfig(BaseModel):
             if not value.isidentifier():
                 raise _custom(f"{value!r} is not a module class name such as 'Linear' or 'Conv2d'")
         return values
-
-    @field_validator("target_sparsity", "min_sparsity_ratio_per_op", "max_sparsity_ratio_per_op")
-    @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise _custom("must be a finite number")
-        return value
 
     # -- after: relations between fields, and the pattern's own options --------------------
     @model_validator(mode="after")

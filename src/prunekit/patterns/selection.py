@@ -9,7 +9,8 @@ integer comparisons. Selection is by counting, never by a full sort:
 * :func:`global_counts` finds how many blocks each op removes under global scope with
   per-op caps, by a radix search over the keys' bits (16 bits at a time, a weighted
   ``bincount`` per op per round), which evaluates the capped total at 65,536 candidate
-  thresholds per pass. Two passes for float32 keys, four for float64.
+  thresholds per pass. Two passes for float32 keys, four for float64 (8-bit digits, twice
+  the passes, for small problems where the histograms would dominate).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from torch import Tensor
 
 from prunekit.errors import ImpossibleTargetError
 
-_DIGIT_BITS = 16
-_BUCKETS = 1 << _DIGIT_BITS
 _EPS = 1e-9
+# Radix digits: 16 bits (65,536 buckets, two passes over float32 keys) pays off on large
+# models; below this many blocks, 8-bit digits keep the per-pass histograms tiny.
+_WIDE_DIGITS_FROM = 1 << 16
 
 
 def key_dtype_for(dtype: torch.dtype) -> torch.dtype:
@@ -141,7 +143,7 @@ def global_counts(ops: Sequence[OpBlocks], target_elements: int) -> list[int]:
 
 
 class _RadixSearch:
-    """Finds the threshold key by 16-bit digits, then shares the ties at it in op order."""
+    """Finds the threshold key digit by digit, then shares the ties at it in op order."""
 
     def __init__(self, ops: Sequence[OpBlocks], e_lo: list[int], e_hi: list[int], target: int):
         self.ops = ops
@@ -152,6 +154,8 @@ class _RadixSearch:
         self.e_lo = torch.tensor(e_lo, dtype=torch.float64)
         self.e_hi = torch.tensor(e_hi, dtype=torch.float64)
         self.width = torch.iinfo(ops[0].keys.dtype).bits
+        self.bits = 16 if sum(op.num_blocks for op in ops) >= _WIDE_DIGITS_FROM else 8
+        self.buckets = 1 << self.bits
         # Blocks (and their elements) with keys below the current prefix, per op.
         self.base_count = torch.zeros(len(ops), dtype=torch.float64)
         self.base_elems = torch.zeros(len(ops), dtype=torch.float64)
@@ -165,22 +169,22 @@ class _RadixSearch:
     def run(self) -> list[int]:
         in_range: list[Tensor | None] = [None] * len(self.ops)
         tied_counts = torch.zeros(len(self.ops), dtype=torch.float64)
-        for shift in range(self.width - _DIGIT_BITS, -1, -_DIGIT_BITS):
-            hist = torch.zeros(len(self.ops), _BUCKETS, dtype=torch.float64)
-            whist = torch.zeros(len(self.ops), _BUCKETS, dtype=torch.float64)
+        for shift in range(self.width - self.bits, -1, -self.bits):
+            hist = torch.zeros(len(self.ops), self.buckets, dtype=torch.float64)
+            whist = torch.zeros(len(self.ops), self.buckets, dtype=torch.float64)
             digits: list[Tensor] = []
             for i, op in enumerate(self.ops):
                 keys = op.keys if in_range[i] is None else op.keys[in_range[i]]
                 d = self._digits(keys, shift)
                 digits.append(d)
-                counts = torch.bincount(d, minlength=_BUCKETS).to(torch.float64).cpu()
+                counts = torch.bincount(d, minlength=self.buckets).to(torch.float64).cpu()
                 hist[i] = counts
                 if op.sizes is None:
                     whist[i] = counts * op.block_size
                 else:
                     sizes = op.sizes if in_range[i] is None else op.sizes[in_range[i]]
                     whist[i] = torch.bincount(d, weights=sizes.to(torch.float64),
-                                              minlength=_BUCKETS).cpu()
+                                              minlength=self.buckets).cpu()
             at_or_below = self._capped_elements(self.base_count[:, None] + hist.cumsum(1),
                                                 self.base_elems[:, None] + whist.cumsum(1))
             total = at_or_below.sum(0)
@@ -203,9 +207,9 @@ class _RadixSearch:
         return self._share_ties(tied_counts, in_range)
 
     def _digits(self, keys: Tensor, shift: int) -> Tensor:
-        if shift == self.width - _DIGIT_BITS:
-            return (keys >> shift).to(torch.int64) + (_BUCKETS // 2)
-        return ((keys >> shift) & (_BUCKETS - 1)).to(torch.int64)
+        if shift == self.width - self.bits:
+            return (keys >> shift).to(torch.int64) + (self.buckets // 2)
+        return ((keys >> shift) & (self.buckets - 1)).to(torch.int64)
 
     def _share_ties(self, tied: Tensor, tied_masks: Sequence[Tensor | None]) -> list[int]:
         """Counts below the threshold key, plus the tied blocks taken in op order."""

@@ -66,7 +66,8 @@ class DiagonalLayout:
         self._diag_rows = pos.expand(g, g).contiguous()
         self._diag_cols = (pos[:, None] + pos[None, :]) % g
         # The diagonal of each data tile, row-major like GridLayout's blocks.
-        self._tile_diagonal = ((torch.arange(b)[None, :] - torch.arange(a)[:, None]) % g).reshape(-1)
+        diagonal_of_tile = (torch.arange(b)[None, :] - torch.arange(a)[:, None]) % g
+        self._tile_diagonal = diagonal_of_tile.reshape(-1)
 
         heights = (self.rows - pos * self.tile[0]).clamp(0, self.tile[0])
         widths = (self.cols - pos * self.tile[1]).clamp(0, self.tile[1])
