@@ -113,6 +113,25 @@ def test_every_tile_row_and_column_keeps_the_same_number_of_tiles(
     assert torch.all(per_row == expected) and torch.all(per_col == expected)
 
 
+def test_masked_matmul_is_a_sum_of_block_diagonal_matmuls() -> None:
+    fc = nn.Linear(16, 12)  # view (12, 16), G = 4: tiles 3 x 4
+    g, n, m = 4, 3, 4
+    pattern = prunekit.get_pattern(config(blocks=g), {"fc": fc})
+    weight = fc.weight.detach()
+    mask = pattern.get_masks({"fc": weight.abs()}, 0.5)["fc"]
+    kept = torch.unique(diagonals(12, 16, g)[mask]).tolist()
+    assert len(kept) == 2
+    x = torch.randn(16)
+    pruned = weight * mask
+    total = torch.zeros(12)
+    for d in kept:
+        blocks = [pruned[r * n:(r + 1) * n, (r + d) % g * m:((r + d) % g + 1) * m]
+                  for r in range(g)]
+        rolled = x.reshape(g, m).roll(-d, dims=0).reshape(-1)
+        total += torch.block_diag(*blocks) @ rolled
+    torch.testing.assert_close(total, pruned @ x)
+
+
 def test_conv2d_through_the_2d_view() -> None:
     conv = nn.Conv2d(4, 8, kernel_size=2)  # weight (out=8, in=4, 2, 2); view (8, 2*2*4)
     pattern = prunekit.get_pattern(config(blocks=4), {"conv": conv})
