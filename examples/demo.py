@@ -43,9 +43,14 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = DigitsCNN()
-    config = {"pattern": args.pattern, "target_sparsity": args.sparsity,
-              "pruning_scope": args.scope}
-    modules = {name: m for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    config = {
+        "pattern": args.pattern,
+        "target_sparsity": args.sparsity,
+        "pruning_scope": args.scope,
+    }
+    modules = {
+        name: m for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))
+    }
 
     started = time.perf_counter()
     pattern = pk.get_pattern(config, modules)
@@ -67,16 +72,31 @@ def main() -> None:
         elements_total += mask.numel()
         layout = pattern.layouts.get(name)
         blocks = str(layout.num_blocks) if layout is not None else pattern.skipped.get(name, "-")
-        table.add_row(name, type(module).__name__, "x".join(map(str, mask.shape)), blocks,
-                      str(removed), f"{removed / mask.numel():.1%}")
-    table.add_row("total", "", "", "", str(removed_total), f"{removed_total / elements_total:.1%}",
-                  style="bold")
+        table.add_row(
+            name,
+            type(module).__name__,
+            "x".join(map(str, mask.shape)),
+            blocks,
+            str(removed),
+            f"{removed / mask.numel():.1%}",
+        )
+    table.add_row(
+        "total",
+        "",
+        "",
+        "",
+        str(removed_total),
+        f"{removed_total / elements_total:.1%}",
+        style="bold",
+    )
     console = Console()
     console.print(table)
     zero_weights = sum(int((m.weight == 0).sum()) for m in modules.values())
     output = model(torch.randn(4, 1, 8, 8))
-    console.print(f"masks computed and applied in {elapsed * 1000:.1f} ms; {zero_weights} weights "
-                  f"are now zero; the pruned model still runs (output {tuple(output.shape)}).")
+    console.print(
+        f"masks computed and applied in {elapsed * 1000:.1f} ms; {zero_weights} weights "
+        f"are now zero; the pruned model still runs (output {tuple(output.shape)})."
+    )
 
 
 if __name__ == "__main__":

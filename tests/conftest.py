@@ -10,10 +10,15 @@ from hypothesis import HealthCheck, settings
 from torch import nn
 
 settings.register_profile(
-    "ci", max_examples=40, deadline=None, derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("dev", max_examples=60, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
+    "ci",
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "dev", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
@@ -49,8 +54,11 @@ def mlp() -> nn.Sequential:
 
 
 def prunable(model: nn.Module) -> dict[str, nn.Module]:
-    return {name: m for name, m in model.named_modules()
-            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))}
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+    }
 
 
 def magnitude_scores(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:

@@ -26,32 +26,38 @@ def test_defaults_follow_inc() -> None:
     assert config.pattern_options == {"criterion_reduce_type": "mean", "indivisible": "partial"}
 
 
-@pytest.mark.parametrize("field,value,fragment", [
-    ("target_sparsity", 1.0, "less than 1"),
-    ("target_sparsity", -0.1, "greater than or equal to 0"),
-    ("target_sparsity", float("nan"), "finite"),
-    ("target_sparsity", "lots", "valid number"),
-    ("min_sparsity_ratio_per_op", 1.5, "less than or equal to 1"),
-    ("max_sparsity_ratio_per_op", -1, "greater than or equal to 0"),
-    ("pruning_scope", "globl", "'global' or 'local'"),
-    ("start_step", -1, "greater than or equal to 0"),
-    ("end_step", -5, "greater than or equal to 0"),
-    ("pruning_frequency", 0, "greater than or equal to 1"),
-    ("sparsity_decay_type", "quadratic", "'linear', 'cube', 'exp' or 'cos'"),
-    ("seed", -3, "greater than or equal to 0"),
-    ("op_names", ["fc[0-9"], "not a valid regular expression"),
-    ("excluded_op_names", ["(head"], "not a valid regular expression"),
-    ("pruning_op_types", ["Linear", "not a type"], "is not a module class name"),
-    ("criterion", "magnitud", "did you mean 'magnitude'"),
-    ("schedule", "iterativ", "did you mean 'iterative'"),
-    ("pattern", "4x0", "block size M=0 must be >= 1"),
-    ("pattern", "4:x", "unknown pattern '4:x'"),
-    ("criterion_reduce_type", "avg", "'mean', 'sum' or 'max' (an option of pattern '4x1')"),
-    ("indivisible", "drop", "'partial', 'skip' or 'raise'"),
-])
-def test_each_field_names_the_value_and_what_is_valid(field: str, value: object, fragment: str) -> None:
-    lines = error_lines({field: value, "target_sparsity": 0.5} if field != "target_sparsity"
-                        else {field: value})
+@pytest.mark.parametrize(
+    "field,value,fragment",
+    [
+        ("target_sparsity", 1.0, "less than 1"),
+        ("target_sparsity", -0.1, "greater than or equal to 0"),
+        ("target_sparsity", float("nan"), "finite"),
+        ("target_sparsity", "lots", "valid number"),
+        ("min_sparsity_ratio_per_op", 1.5, "less than or equal to 1"),
+        ("max_sparsity_ratio_per_op", -1, "greater than or equal to 0"),
+        ("pruning_scope", "globl", "'global' or 'local'"),
+        ("start_step", -1, "greater than or equal to 0"),
+        ("end_step", -5, "greater than or equal to 0"),
+        ("pruning_frequency", 0, "greater than or equal to 1"),
+        ("sparsity_decay_type", "quadratic", "'linear', 'cube', 'exp' or 'cos'"),
+        ("seed", -3, "greater than or equal to 0"),
+        ("op_names", ["fc[0-9"], "not a valid regular expression"),
+        ("excluded_op_names", ["(head"], "not a valid regular expression"),
+        ("pruning_op_types", ["Linear", "not a type"], "is not a module class name"),
+        ("criterion", "magnitud", "did you mean 'magnitude'"),
+        ("schedule", "iterativ", "did you mean 'iterative'"),
+        ("pattern", "4x0", "block size M=0 must be >= 1"),
+        ("pattern", "4:x", "unknown pattern '4:x'"),
+        ("criterion_reduce_type", "avg", "'mean', 'sum' or 'max' (an option of pattern '4x1')"),
+        ("indivisible", "drop", "'partial', 'skip' or 'raise'"),
+    ],
+)
+def test_each_field_names_the_value_and_what_is_valid(
+    field: str, value: object, fragment: str
+) -> None:
+    lines = error_lines(
+        {field: value, "target_sparsity": 0.5} if field != "target_sparsity" else {field: value}
+    )
     line = next(line for line in lines if line.startswith(f"{field}:"))
     assert fragment in line
     assert f"(got {value!r})" in line
@@ -63,16 +69,29 @@ def test_unknown_keys_get_did_you_mean_and_all_errors_come_together() -> None:
     assert "indivisble: unknown key; did you mean 'indivisible'? (got 'skip')" in lines
     assert any(line.startswith("pruning_scope:") for line in lines)
     (line,) = error_lines({"zzzz": 1})
-    assert line.startswith("zzzz: unknown key; valid keys (PruningConfig's fields and the "
-                           "options of pattern '4x1'): criterion, criterion_reduce_type")
+    assert line.startswith(
+        "zzzz: unknown key; valid keys (PruningConfig's fields and the "
+        "options of pattern '4x1'): criterion, criterion_reduce_type"
+    )
 
 
 def test_cross_field_rules() -> None:
-    lines = error_lines({"min_sparsity_ratio_per_op": 0.5, "max_sparsity_ratio_per_op": 0.3,
-                         "target_sparsity": 0.4, "start_step": 10, "end_step": 5})
-    assert any(line.startswith("min_sparsity_ratio_per_op: is above max_sparsity_ratio_per_op "
-                               "(0.3)") for line in lines)
-    assert any(line.startswith("target_sparsity: is above max_sparsity_ratio_per_op") for line in lines)
+    lines = error_lines(
+        {
+            "min_sparsity_ratio_per_op": 0.5,
+            "max_sparsity_ratio_per_op": 0.3,
+            "target_sparsity": 0.4,
+            "start_step": 10,
+            "end_step": 5,
+        }
+    )
+    assert any(
+        line.startswith("min_sparsity_ratio_per_op: is above max_sparsity_ratio_per_op (0.3)")
+        for line in lines
+    )
+    assert any(
+        line.startswith("target_sparsity: is above max_sparsity_ratio_per_op") for line in lines
+    )
     assert any(line.startswith("end_step: is before start_step (10)") for line in lines)
 
 
@@ -118,7 +137,9 @@ def test_yaml_and_json_files(tmp_path: Path) -> None:
     bad.write_text("pattern: 4x1\ntarget_sparsity: 2\n")
     with pytest.raises(pk.ConfigError) as info:
         pk.load_config(bad)
-    assert str(bad) in str(info.value) and "target_sparsity: Input should be less than 1" in str(info.value)
+    assert str(bad) in str(info.value) and "target_sparsity: Input should be less than 1" in str(
+        info.value
+    )
     with pytest.raises(pk.ConfigError, match="does not exist"):
         pk.load_config(tmp_path / "missing.yaml")
     broken = tmp_path / "broken.yaml"
@@ -128,9 +149,13 @@ def test_yaml_and_json_files(tmp_path: Path) -> None:
 
 
 def test_load_configs_accepts_incs_pruning_configs_with_shared_defaults(tmp_path: Path) -> None:
-    source = {"target_sparsity": 0.8, "pruning_configs": [
-        {"op_names": ["conv.*"], "pattern": "4x1"},
-        {"op_names": ["fc.*"], "pattern": "1x1", "target_sparsity": 0.5}]}
+    source = {
+        "target_sparsity": 0.8,
+        "pruning_configs": [
+            {"op_names": ["conv.*"], "pattern": "4x1"},
+            {"op_names": ["fc.*"], "pattern": "1x1", "target_sparsity": 0.5},
+        ],
+    }
     configs = pk.load_configs(source)
     assert [(c.pattern, c.target_sparsity) for c in configs] == [("4x1", 0.8), ("1x1", 0.5)]
     with pytest.raises(pk.ConfigError) as info:
@@ -149,7 +174,10 @@ def test_json_schema_has_builtin_and_plugin_fields() -> None:
     nxm = next(b for b in schema["allOf"] if "pattern" in b["if"]["properties"]["pattern"])
     assert "criterion_reduce_type" in nxm["then"]["properties"]
     assert "(?<n>" in nxm["if"]["properties"]["pattern"]["pattern"]  # ECMA named groups
-    diagonal = next(b for b in schema["allOf"]
-                    if b["if"]["properties"]["pattern"] == {"const": "block_diagonal"})
+    diagonal = next(
+        b
+        for b in schema["allOf"]
+        if b["if"]["properties"]["pattern"] == {"const": "block_diagonal"}
+    )
     assert "blocks" in diagonal["then"]["properties"]
     json.dumps(schema)

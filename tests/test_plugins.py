@@ -24,8 +24,9 @@ from prunekit.plugins import PluginHost, PluginWarning, default_host
 _counter = itertools.count()
 
 
-def install_fake_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                      plugins: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+def install_fake_site(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plugins: dict[str, str]
+) -> tuple[list[str], dict[str, str]]:
     """Write one distribution per (dist name -> module source) into a site folder."""
     site = tmp_path / "site"
     site.mkdir(exist_ok=True)
@@ -134,25 +135,40 @@ def test_in_process_plugin_object_registers_through_the_hook(tmp_path: Path) -> 
 
 
 def test_installed_plugins_load_and_failures_are_isolated(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path, _ = install_fake_site(tmp_path, monkeypatch, {
-        "prunekit-good": GOOD, "prunekit-broken": BROKEN_IMPORT, "prunekit-raises": RAISES,
-        "aaa-greedy": GREEDY, "prunekit-typo": TYPO})
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _ = install_fake_site(
+        tmp_path,
+        monkeypatch,
+        {
+            "prunekit-good": GOOD,
+            "prunekit-broken": BROKEN_IMPORT,
+            "prunekit-raises": RAISES,
+            "aaa-greedy": GREEDY,
+            "prunekit-typo": TYPO,
+        },
+    )
     host = PluginHost(metadata_path=path)
     with pytest.warns(PluginWarning) as caught:
         host.load()
     messages = [str(w.message) for w in caught]
-    assert any("'prunekit-broken'" in m and "failed to import (ModuleNotFoundError" in m
-               for m in messages)
-    assert any("'prunekit-raises'" in m and "raised in register_patterns (RuntimeError: boom)" in m
-               for m in messages)
+    assert any(
+        "'prunekit-broken'" in m and "failed to import (ModuleNotFoundError" in m for m in messages
+    )
+    assert any(
+        "'prunekit-raises'" in m and "raised in register_patterns (RuntimeError: boom)" in m
+        for m in messages
+    )
     assert any("'aaa-greedy'" in m and "'4x1' is taken" in m for m in messages)
     assert any("'aaa-greedy'" in m and "'NxM' is taken" in m for m in messages)
     assert any("'prunekit-typo'" in m and "did you mean 'register_patterns'" in m for m in messages)
     records = {r.distribution: r for r in host.records if not r.builtin}
     assert records["prunekit-good"].status == "loaded"
     assert records["prunekit-good"].registered == {
-        "patterns": ["good_rows"], "criteria": ["double"], "schedules": []}
+        "patterns": ["good_rows"],
+        "criteria": ["double"],
+        "schedules": [],
+    }
     assert records["prunekit-broken"].status == "failed"
     assert records["prunekit-raises"].status == "failed"
     assert "half_registered" not in host.patterns  # nothing of a failing hook is kept
@@ -164,14 +180,18 @@ def test_installed_plugins_load_and_failures_are_isolated(
 
 
 def test_load_plugins_env_var_limits_distributions(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path, _ = install_fake_site(tmp_path, monkeypatch, {
-        "prunekit-good": GOOD, "prunekit-broken": BROKEN_IMPORT})
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _ = install_fake_site(
+        tmp_path, monkeypatch, {"prunekit-good": GOOD, "prunekit-broken": BROKEN_IMPORT}
+    )
     monkeypatch.setenv("PRUNEKIT_LOAD_PLUGINS", "")
     host = PluginHost(metadata_path=path).load()
     assert list(host.patterns) == ["NxM"]
     assert {r.distribution: r.status for r in host.records if not r.builtin} == {
-        "prunekit-good": "skipped", "prunekit-broken": "skipped"}
+        "prunekit-good": "skipped",
+        "prunekit-broken": "skipped",
+    }
     monkeypatch.setenv("PRUNEKIT_LOAD_PLUGINS", "Prunekit_Good")  # names are normalized
     host = PluginHost(metadata_path=path).load()
     assert "good_rows" in host.patterns
@@ -184,7 +204,8 @@ def test_load_plugins_env_var_limits_distributions(
 
 
 def test_first_distribution_in_name_order_wins_a_shared_name(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     source = """
         import prunekit
         class P(prunekit.Pattern):
@@ -208,14 +229,18 @@ def test_installed_example_package_is_found_through_its_entry_point() -> None:
     assert entry.owner == "prunekit-example" and not entry.builtin
     record = next(r for r in default_host().records if r.distribution == "prunekit-example")
     assert record.status == "loaded" and record.registered["patterns"] == ["block_diagonal"]
-    pattern = pk.get_pattern({"pattern": "block_diagonal", "blocks": 4, "pruning_scope": "local"},
-                             {"fc": nn.Linear(8, 8)})
+    pattern = pk.get_pattern(
+        {"pattern": "block_diagonal", "blocks": 4, "pruning_scope": "local"},
+        {"fc": nn.Linear(8, 8)},
+    )
     mask = pattern.get_masks({"fc": torch.rand(8, 8)}, 0.5)["fc"]
     assert int((~mask).sum()) == 32
 
 
 def test_import_is_lazy_and_first_use_loads() -> None:
-    code = ("import prunekit, prunekit.plugins as p; lazy = p._default is None; "
-            "prunekit.PATTERNS['4x1']; print(lazy, p._default is not None)")
+    code = (
+        "import prunekit, prunekit.plugins as p; lazy = p._default is None; "
+        "prunekit.PATTERNS['4x1']; print(lazy, p._default is not None)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "True"]

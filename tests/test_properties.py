@@ -40,8 +40,9 @@ def models(draw: st.DrawFn) -> dict[str, nn.Module]:
         if draw(st.booleans()):
             modules[f"fc{i}"] = nn.Linear(draw(st.integers(1, 20)), draw(st.integers(1, 20)))
         else:
-            modules[f"conv{i}"] = nn.Conv2d(draw(st.integers(1, 5)), draw(st.integers(1, 10)),
-                                            draw(st.integers(1, 3)))
+            modules[f"conv{i}"] = nn.Conv2d(
+                draw(st.integers(1, 5)), draw(st.integers(1, 10)), draw(st.integers(1, 3))
+            )
     return modules
 
 
@@ -68,7 +69,11 @@ def removed_blocks(pattern: pk.Pattern, name: str, mask: torch.Tensor) -> tuple[
     layout = pattern.layouts[name]
     keep = layout.reduce(mask.float(), "max")
     kept_elements = layout.reduce(mask.float(), "sum")
-    sizes = layout.sizes.float() if layout.sizes is not None else torch.full_like(kept_elements, layout.block_size)
+    sizes = (
+        layout.sizes.float()
+        if layout.sizes is not None
+        else torch.full_like(kept_elements, layout.block_size)
+    )
     partial = (kept_elements > 0) & (kept_elements < sizes)
     return int((keep == 0).sum()), int(partial.sum())
 
@@ -116,8 +121,10 @@ def test_global_scope_exact_total_or_clear_error(spec: str, data: st.DataObject)
     except pk.ImpossibleTargetError as error:
         assert "short by" in str(error)
         return
-    total = sum(pattern.layouts[n].reduce(torch.ones(pattern.shapes[n]), "sum").sum().item()
-                for n in pattern.layouts)
+    total = sum(
+        pattern.layouts[n].reduce(torch.ones(pattern.shapes[n]), "sum").sum().item()
+        for n in pattern.layouts
+    )
     removed = sum(int((~masks[n]).sum()) for n in pattern.layouts)
     biggest = max(int(pattern.layouts[n].block_size) for n in pattern.layouts)
     assert abs(removed - round(target * total)) <= biggest / 2
@@ -174,6 +181,8 @@ def test_bad_inputs_are_refused_before_anything_happens(spec: str) -> None:
 
 
 def test_unsupported_module_names_the_op_and_the_types() -> None:
-    with pytest.raises(pk.UnsupportedModuleError,
-                       match=r"cannot prune op 'emb' \(Embedding\): it supports Linear, Conv1d"):
+    with pytest.raises(
+        pk.UnsupportedModuleError,
+        match=r"cannot prune op 'emb' \(Embedding\): it supports Linear, Conv1d",
+    ):
         pk.get_pattern({"pattern": "4x1"}, {"emb": nn.Embedding(10, 4)})

@@ -17,7 +17,9 @@ from prunekit.registry import Registry
 def restore_registry() -> Iterator[None]:
     """In-process registrations land in the default host; put it back as it was."""
     host = default_host()
-    saved = {kind: dict(host.registry(kind)._entries) for kind in ("patterns", "criteria", "schedules")}
+    saved = {
+        kind: dict(host.registry(kind)._entries) for kind in ("patterns", "criteria", "schedules")
+    }
     yield
     for kind, entries in saved.items():
         host.registry(kind)._entries.clear()
@@ -94,7 +96,7 @@ def test_a_family_whose_grammar_overlaps_is_refused(restore_registry: None) -> N
 
 
 def test_registering_a_non_pattern_is_a_type_error(restore_registry: None) -> None:
-    with pytest.raises(TypeError, match="subclass of prunekit.Pattern"):
+    with pytest.raises(TypeError, match=r"subclass of prunekit\.Pattern"):
         pk.register_pattern("bad")(object)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="not valid"):
         pk.register_pattern("has space")(KeepEverything)
@@ -111,8 +113,11 @@ def test_list_patterns_wildcards_and_natural_order(restore_registry: None) -> No
 
 def test_registry_resolution_order_is_registration_order() -> None:
     registry: Registry[object] = Registry(
-        "thing", pk.UnknownPatternError, "list them",
-        lambda obj: ("", getattr(obj, "spec", None), ()))
+        "thing",
+        pk.UnknownPatternError,
+        "list them",
+        lambda obj: ("", getattr(obj, "spec", None), ()),
+    )
 
     class A:
         spec = r"a[0-9]+"

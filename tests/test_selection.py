@@ -55,8 +55,9 @@ def test_local_count_uses_python_round_and_caps() -> None:
     assert cap_counts(10, 0.0, 0.5, 7) == (7, 7)  # pre-removed blocks stay removed
 
 
-def reference_counts(scores: list[list[float]], sizes: list[list[int]], lo: list[int],
-                     hi: list[int], target: int) -> list[int]:
+def reference_counts(
+    scores: list[list[float]], sizes: list[list[int]], lo: list[int], hi: list[int], target: int
+) -> list[int]:
     """Plain Python: forced (min-cap) blocks first, then the global order within max caps."""
     rank: dict[tuple[int, int], int] = {}
     for i, op in enumerate(scores):
@@ -83,14 +84,21 @@ def reference_counts(scores: list[list[float]], sizes: list[list[int]], lo: list
     return counts
 
 
-def as_ops(scores: list[list[float]], sizes: list[list[int]], lo: list[int],
-           hi: list[int]) -> list[OpBlocks]:
+def as_ops(
+    scores: list[list[float]], sizes: list[list[int]], lo: list[int], hi: list[int]
+) -> list[OpBlocks]:
     ops = []
     for op, sz, a, b in zip(scores, sizes, lo, hi, strict=True):
         uniform = len(set(sz)) == 1
-        ops.append(OpBlocks(sortable_keys(torch.tensor(op)),
-                            None if uniform else torch.tensor(sz, dtype=torch.int64),
-                            sz[0], a, b))
+        ops.append(
+            OpBlocks(
+                sortable_keys(torch.tensor(op)),
+                None if uniform else torch.tensor(sz, dtype=torch.int64),
+                sz[0],
+                a,
+                b,
+            )
+        )
     return ops
 
 
@@ -112,8 +120,10 @@ def global_problems(draw: st.DrawFn) -> tuple:
         a = draw(st.integers(0, b))
         lo.append(a)
         hi.append(b)
-    reachable = sum(sum(sorted(zip(sc, sz, strict=True), key=lambda p: p[0])[k][1]
-                        for k in range(b)) for sc, sz, b in zip(scores, sizes, hi, strict=True))
+    reachable = sum(
+        sum(sorted(zip(sc, sz, strict=True), key=lambda p: p[0])[k][1] for k in range(b))
+        for sc, sz, b in zip(scores, sizes, hi, strict=True)
+    )
     target = draw(st.integers(0, max(reachable, 0)))
     return scores, sizes, lo, hi, target
 
@@ -166,8 +176,9 @@ def test_float64_keys_use_four_passes_exactly() -> None:
     assert math.isclose(float(values[chosen].max()), float(torch.sort(values).values[122]))
 
 
-def sorted_reference_counts(values: list[torch.Tensor], lo: list[int], hi: list[int],
-                            target: int) -> list[int]:
+def sorted_reference_counts(
+    values: list[torch.Tensor], lo: list[int], hi: list[int], target: int
+) -> list[int]:
     """Vectorized reference for unit blocks: one stable sort of everything, min caps first."""
     keys = torch.cat([sortable_keys(v) for v in values])
     op = torch.cat([torch.full((v.numel(),), i) for i, v in enumerate(values)])
@@ -193,6 +204,8 @@ def test_wide_digits_on_large_problems_match_a_full_sort(seed: int) -> None:
     values = [(torch.randn(n, generator=generator) * 50).round() / 7 for n in sizes]  # many ties
     lo = [0, 2_000, 0]
     hi = [39_000, 25_000, 3_000]
-    ops = [OpBlocks(sortable_keys(v), None, 1, a, b) for v, a, b in zip(values, lo, hi, strict=True)]
+    ops = [
+        OpBlocks(sortable_keys(v), None, 1, a, b) for v, a, b in zip(values, lo, hi, strict=True)
+    ]
     for target in (0, 1_999, 30_000, 52_345, 67_000):
         assert global_counts(ops, target) == sorted_reference_counts(values, lo, hi, target)

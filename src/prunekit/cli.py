@@ -23,7 +23,7 @@ def _patterns(args: argparse.Namespace, console: Console) -> int:
     for column in ("name", "family", "registered by", "description"):
         table.add_column(column, overflow="fold")
     for entry in entries:
-        family = (f"grammar, e.g. {', '.join(entry.examples[:4])}" if entry.is_family else "")
+        family = f"grammar, e.g. {', '.join(entry.examples[:4])}" if entry.is_family else ""
         table.add_row(entry.name, family, entry.owner_label(), entry.description)
     console.print(table)
     return 0
@@ -37,10 +37,19 @@ def _plugins(args: argparse.Namespace, console: Console) -> int:
     for column in ("distribution", "version", "entry point", "status", "registered", "problems"):
         table.add_column(column, overflow="fold")
     for record in host.records:
-        registered = "; ".join(f"{kind}: {', '.join(record.registered[kind])}"
-                               for kind in KINDS if record.registered[kind])
-        table.add_row(record.distribution, record.version, record.entry_point, record.status,
-                      registered or "-", "\n".join(record.problems) or "-")
+        registered = "; ".join(
+            f"{kind}: {', '.join(record.registered[kind])}"
+            for kind in KINDS
+            if record.registered[kind]
+        )
+        table.add_row(
+            record.distribution,
+            record.version,
+            record.entry_point,
+            record.status,
+            registered or "-",
+            "\n".join(record.problems) or "-",
+        )
     console.print(table)
     return 0
 
@@ -54,12 +63,15 @@ def _schema(args: argparse.Namespace, console: Console) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="prunekit", description="Neural-network pruning patterns as plugins for PyTorch.")
+        prog="prunekit", description="Neural-network pruning patterns as plugins for PyTorch."
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     patterns = commands.add_parser("patterns", help="list registered patterns")
     patterns.add_argument("filter", nargs="?", help="shell wildcard ('*x1') or substring")
     patterns.set_defaults(run=_patterns)
-    plugins = commands.add_parser("plugins", help="installed plugins, what they registered, failures")
+    plugins = commands.add_parser(
+        "plugins", help="installed plugins, what they registered, failures"
+    )
     plugins.set_defaults(run=_plugins)
     schema = commands.add_parser("schema", help="print the config JSON Schema (for editors)")
     schema.set_defaults(run=_schema)

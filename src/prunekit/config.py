@@ -37,7 +37,6 @@ Scope = Literal["global", "local"]
 DecayType = Literal["linear", "cube", "exp", "cos"]
 
 
-
 class ConfigError(PrunekitError, ValueError):
     """A config that failed validation; ``str()`` is one ``field: message`` line each."""
 
@@ -53,7 +52,11 @@ class ConfigError(PrunekitError, ValueError):
 
 def _render(error: Any) -> str:
     loc = ".".join(str(part) for part in error["loc"]) or "config"
-    if isinstance(error["loc"], tuple) and len(error["loc"]) >= 2 and isinstance(error["loc"][1], int):
+    if (
+        isinstance(error["loc"], tuple)
+        and len(error["loc"]) >= 2
+        and isinstance(error["loc"][1], int)
+    ):
         loc = f"{error['loc'][0]}[{error['loc'][1]}]" + "".join(f".{p}" for p in error["loc"][2:])
     message = error["msg"]
     if error["type"] in {"missing"}:
@@ -62,8 +65,11 @@ def _render(error: Any) -> str:
 
 
 def _error(field: str, value: Any, message: str) -> InitErrorDetails:
-    return InitErrorDetails(type=PydanticCustomError("prunekit", "{message}", {"message": message}),
-                            loc=(field,), input=value)
+    return InitErrorDetails(
+        type=PydanticCustomError("prunekit", "{message}", {"message": message}),
+        loc=(field,),
+        input=value,
+    )
 
 
 def _raise(errors: list[InitErrorDetails]) -> None:
@@ -78,13 +84,21 @@ def _explain(error: Any, pattern: Any, option_fields: set[str]) -> InitErrorDeta
     if error["type"] == "extra_forbidden" and len(loc) == 1:
         valid = sorted((_top_level_keys() - {"pattern_options"}) | option_fields)
         hint = close_matches(str(loc[0]), valid)
-        where = (f"PruningConfig's fields and the options of pattern {pattern!r}"
-                 if option_fields else "PruningConfig's fields")
-        message = (f"unknown key; did you mean {hint[0]!r}?" if hint else
-                   f"unknown key; valid keys ({where}): {', '.join(valid)}")
-    return InitErrorDetails(type=PydanticCustomError(error["type"], "{message}",
-                                                     {"message": message}),
-                            loc=loc, input=error.get("input"))
+        where = (
+            f"PruningConfig's fields and the options of pattern {pattern!r}"
+            if option_fields
+            else "PruningConfig's fields"
+        )
+        message = (
+            f"unknown key; did you mean {hint[0]!r}?"
+            if hint
+            else f"unknown key; valid keys ({where}): {', '.join(valid)}"
+        )
+    return InitErrorDetails(
+        type=PydanticCustomError(error["type"], "{message}", {"message": message}),
+        loc=loc,
+        input=error.get("input"),
+    )
 
 
 def _option_error(error: Any, pattern: Any) -> InitErrorDetails:
@@ -92,9 +106,13 @@ def _option_error(error: Any, pattern: Any) -> InitErrorDetails:
     message = error["msg"]
     if error["type"] == "extra_forbidden":
         message = "unknown key"
-    return InitErrorDetails(type=PydanticCustomError(
-        error["type"], "{message}", {"message": f"{message} (an option of pattern {pattern!r})"}),
-        loc=tuple(error["loc"]), input=error.get("input"))
+    return InitErrorDetails(
+        type=PydanticCustomError(
+            error["type"], "{message}", {"message": f"{message} (an option of pattern {pattern!r})"}
+        ),
+        loc=tuple(error["loc"]),
+        input=error.get("input"),
+    )
 
 
 def _custom(message: str) -> PydanticCustomError:
@@ -104,44 +122,74 @@ def _custom(message: str) -> PydanticCustomError:
 class PruningConfig(BaseModel):
     """One pruning config: which pattern, how sparse, which ops, scored how, on what schedule."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
-                              title="prunekit pruning config")
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, title="prunekit pruning config"
+    )
 
     pattern: str = Field(
-        "4x1", description="A registered pattern name or family spec: '4x1', '1x1', "
-        "'channelx1', '1xchannel' (NxM), or a plugin's name. `prunekit patterns` lists them.")
+        "4x1",
+        description="A registered pattern name or family spec: '4x1', '1x1', "
+        "'channelx1', '1xchannel' (NxM), or a plugin's name. `prunekit patterns` lists them.",
+    )
     target_sparsity: float = Field(
-        0.9, ge=0.0, lt=1.0, allow_inf_nan=False, description="Fraction of weights to remove, in [0, 1).")
+        0.9,
+        ge=0.0,
+        lt=1.0,
+        allow_inf_nan=False,
+        description="Fraction of weights to remove, in [0, 1).",
+    )
     pruning_scope: Scope = Field(
-        "global", description="'global': scores compared across all selected ops; 'local': "
-        "each op reaches the target alone.")
+        "global",
+        description="'global': scores compared across all selected ops; 'local': "
+        "each op reaches the target alone.",
+    )
     min_sparsity_ratio_per_op: float = Field(
-        0.0, ge=0.0, le=1.0, allow_inf_nan=False, description="Lowest sparsity any op may have, in [0, 1].")
+        0.0,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="Lowest sparsity any op may have, in [0, 1].",
+    )
     max_sparsity_ratio_per_op: float = Field(
-        0.98, ge=0.0, le=1.0, allow_inf_nan=False, description="Highest sparsity any op may have, in [0, 1].")
+        0.98,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="Highest sparsity any op may have, in [0, 1].",
+    )
     op_names: list[str] = Field(
-        default_factory=list, description="Regular expressions over module names; empty: all.")
+        default_factory=list, description="Regular expressions over module names; empty: all."
+    )
     excluded_op_names: list[str] = Field(
-        default_factory=list, description="Regular expressions over module names to leave out.")
+        default_factory=list, description="Regular expressions over module names to leave out."
+    )
     pruning_op_types: list[str] = Field(
         default_factory=lambda: ["Conv", "Linear"],
-        description="Module class names (or their prefixes, as 'Conv') to prune.")
+        description="Module class names (or their prefixes, as 'Conv') to prune.",
+    )
     criterion: str = Field(
-        "magnitude", validation_alias=AliasChoices("criterion", "pruning_type"),
+        "magnitude",
+        validation_alias=AliasChoices("criterion", "pruning_type"),
         description="A registered criterion that turns weights (and gradients) into scores. "
-        "INC's name for this field, 'pruning_type', is accepted too.")
+        "INC's name for this field, 'pruning_type', is accepted too.",
+    )
     schedule: str | None = Field(
-        None, description="A registered schedule; None: one-shot when end_step == start_step, "
-        "else INC's iterative schedule.")
+        None,
+        description="A registered schedule; None: one-shot when end_step == start_step, "
+        "else INC's iterative schedule.",
+    )
     start_step: int = Field(0, ge=0, description="First step at which pruning happens.")
     end_step: int = Field(0, ge=0, description="Step at which the target is reached.")
     pruning_frequency: int = Field(1, ge=1, description="Steps between mask updates.")
     sparsity_decay_type: DecayType = Field(
-        "exp", description="How sparsity rises between start_step and end_step.")
+        "exp", description="How sparsity rises between start_step and end_step."
+    )
     seed: int = Field(0, ge=0, le=2**63 - 1, description="Seed for random criteria and fillers.")
     pattern_options: dict[str, Any] = Field(
-        default_factory=dict, description="The pattern's own parameters (may also be given "
-        "flat, at the top level of the config).")
+        default_factory=dict,
+        description="The pattern's own parameters (may also be given "
+        "flat, at the top level of the config).",
+    )
 
     # -- around: flat pattern parameters move into pattern_options; unknown keys get a
     # did-you-mean; every problem is reported at once ---------------------------------------
@@ -155,13 +203,17 @@ class PruningConfig(BaseModel):
             data = dict(data)
             pattern_name = data.get("pattern", cls.model_fields["pattern"].default)
             pattern_cls = _pattern_class(pattern_name)
-            option_fields = set(pattern_cls.Options.model_fields) if pattern_cls is not None else set()
+            option_fields = (
+                set(pattern_cls.Options.model_fields) if pattern_cls is not None else set()
+            )
             options = dict(data.get("pattern_options") or {})
             for key in [k for k in data if k in option_fields and k not in _top_level_keys()]:
                 options[key] = data.pop(key)
             if pattern_cls is not None:
                 try:
-                    data["pattern_options"] = pattern_cls.Options.model_validate(options).model_dump()
+                    data["pattern_options"] = pattern_cls.Options.model_validate(
+                        options
+                    ).model_dump()
                 except ValidationError as exc:
                     option_errors = [_option_error(e, pattern_name) for e in exc.errors()]
                     data.pop("pattern_options", None)
@@ -216,7 +268,9 @@ class PruningConfig(BaseModel):
             try:
                 re.compile(expression)
             except re.error as exc:
-                raise _custom(f"item {i} {expression!r} is not a valid regular expression: {exc}") from None
+                raise _custom(
+                    f"item {i} {expression!r} is not a valid regular expression: {exc}"
+                ) from None
         return values
 
     @field_validator("pruning_op_types")
@@ -232,23 +286,40 @@ class PruningConfig(BaseModel):
     def _consistent(self) -> PruningConfig:
         errors: list[InitErrorDetails] = []
         if self.min_sparsity_ratio_per_op > self.max_sparsity_ratio_per_op:
-            errors.append(_error("min_sparsity_ratio_per_op", self.min_sparsity_ratio_per_op,
-                                 f"is above max_sparsity_ratio_per_op "
-                                 f"({self.max_sparsity_ratio_per_op}); it must be at most that"))
+            errors.append(
+                _error(
+                    "min_sparsity_ratio_per_op",
+                    self.min_sparsity_ratio_per_op,
+                    f"is above max_sparsity_ratio_per_op "
+                    f"({self.max_sparsity_ratio_per_op}); it must be at most that",
+                )
+            )
         if self.target_sparsity > self.max_sparsity_ratio_per_op:
-            errors.append(_error("target_sparsity", self.target_sparsity,
-                                 f"is above max_sparsity_ratio_per_op "
-                                 f"({self.max_sparsity_ratio_per_op}), so no op may reach it; "
-                                 "lower the target or raise the cap"))
+            errors.append(
+                _error(
+                    "target_sparsity",
+                    self.target_sparsity,
+                    f"is above max_sparsity_ratio_per_op "
+                    f"({self.max_sparsity_ratio_per_op}), so no op may reach it; "
+                    "lower the target or raise the cap",
+                )
+            )
         if self.end_step < self.start_step:
-            errors.append(_error("end_step", self.end_step,
-                                 f"is before start_step ({self.start_step}); it must be >= it"))
+            errors.append(
+                _error(
+                    "end_step",
+                    self.end_step,
+                    f"is before start_step ({self.start_step}); it must be >= it",
+                )
+            )
         _raise(errors)
         return self
 
     # -- constructors -----------------------------------------------------------------------
     @classmethod
-    def load(cls, source: PruningConfig | Mapping[str, Any] | str | os.PathLike[str]) -> PruningConfig:
+    def load(
+        cls, source: PruningConfig | Mapping[str, Any] | str | os.PathLike[str]
+    ) -> PruningConfig:
         """A validated config from a dict, a config, or a YAML/JSON file path."""
         return load_config(source)
 
@@ -289,7 +360,9 @@ def read_config_file(path: str | os.PathLike[str]) -> Any:
         raise ConfigError([f"file: cannot parse {str(file)!r}: {exc}"], str(file)) from None
 
 
-def load_config(source: PruningConfig | Mapping[str, Any] | str | os.PathLike[str]) -> PruningConfig:
+def load_config(
+    source: PruningConfig | Mapping[str, Any] | str | os.PathLike[str],
+) -> PruningConfig:
     """Validate one config given as a :class:`PruningConfig`, a dict, or a YAML/JSON path.
 
     Raises :class:`ConfigError` with one ``field: message`` line per problem.
@@ -302,9 +375,13 @@ def load_config(source: PruningConfig | Mapping[str, Any] | str | os.PathLike[st
         label = str(source)
         data = read_config_file(source)
     if not isinstance(data, Mapping):
-        raise ConfigError([f"config: expected a mapping of fields, got {type(data).__name__}"
-                           + ("; for several configs use load_configs()"
-                              if isinstance(data, list) else "")], label)
+        raise ConfigError(
+            [
+                f"config: expected a mapping of fields, got {type(data).__name__}"
+                + ("; for several configs use load_configs()" if isinstance(data, list) else "")
+            ],
+            label,
+        )
     try:
         return PruningConfig.model_validate(data)
     except ValidationError as exc:
@@ -329,8 +406,9 @@ def load_configs(source: Any) -> list[PruningConfig]:
     if isinstance(data, Mapping):
         data = [data]
     if not isinstance(data, Sequence) or isinstance(data, (str, bytes)):
-        raise ConfigError([f"config: expected a mapping or a list of mappings, got "
-                           f"{type(data).__name__}"], label)
+        raise ConfigError(
+            [f"config: expected a mapping or a list of mappings, got {type(data).__name__}"], label
+        )
     configs: list[PruningConfig] = []
     lines: list[str] = []
     for i, item in enumerate(data):
@@ -355,8 +433,10 @@ def config_json_schema() -> dict[str, Any]:
     schema = PruningConfig.model_json_schema(by_alias=False)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     properties = schema.setdefault("properties", {})
-    properties["pruning_type"] = {"$ref": "#/properties/criterion",
-                                  "description": "INC's name for 'criterion'."}
+    properties["pruning_type"] = {
+        "$ref": "#/properties/criterion",
+        "description": "INC's name for 'criterion'.",
+    }
     schema.pop("additionalProperties", None)
     schema["unevaluatedProperties"] = False
     names: list[str] = []
@@ -377,10 +457,12 @@ def config_json_schema() -> dict[str, Any]:
         if not option_properties:
             continue
         defs.update(option_schema.pop("$defs", {}))
-        branches.append({
-            "if": {"properties": {"pattern": condition}},
-            "then": {"properties": option_properties},
-        })
+        branches.append(
+            {
+                "if": {"properties": {"pattern": condition}},
+                "then": {"properties": option_properties},
+            }
+        )
     properties["pattern"]["anyOf"] = [*([{"enum": names}] if names else []), *families]
     if branches:
         schema["allOf"] = branches

@@ -126,21 +126,34 @@ class PluginHost:
     discovery to those directories (``None``: ``sys.path``, as usual).
     """
 
-    def __init__(self, builtins: Sequence[str] = BUILTIN_PLUGINS,
-                 metadata_path: list[str] | None = None) -> None:
+    def __init__(
+        self, builtins: Sequence[str] = BUILTIN_PLUGINS, metadata_path: list[str] | None = None
+    ) -> None:
         self.manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.manager.add_hookspecs(hookspecs)
         self.builtins = tuple(builtins)
         self.metadata_path = metadata_path
         self.patterns: Registry[Any] = Registry(
-            "pattern", UnknownPatternError, "run `prunekit patterns` or "
-            "prunekit.list_patterns() to list every name", _describe_pattern, _check_pattern)
+            "pattern",
+            UnknownPatternError,
+            "run `prunekit patterns` or prunekit.list_patterns() to list every name",
+            _describe_pattern,
+            _check_pattern,
+        )
         self.criteria: Registry[Any] = Registry(
-            "criterion", UnknownCriterionError, "see prunekit.CRITERIA for every name",
-            _describe_callable, _check_callable("criterion"))
+            "criterion",
+            UnknownCriterionError,
+            "see prunekit.CRITERIA for every name",
+            _describe_callable,
+            _check_callable("criterion"),
+        )
         self.schedules: Registry[Any] = Registry(
-            "schedule", UnknownScheduleError, "see prunekit.SCHEDULES for every name",
-            _describe_callable, _check_callable("schedule"))
+            "schedule",
+            UnknownScheduleError,
+            "see prunekit.SCHEDULES for every name",
+            _describe_callable,
+            _check_callable("schedule"),
+        )
         self.records: list[PluginRecord] = []
         self._state: Literal["new", "loading", "loaded"] = "new"
         self._lock = threading.RLock()
@@ -179,8 +192,12 @@ class PluginHost:
         allowed, skipped = _env_names(LOAD_ENV), _env_names(SKIP_ENV) or set()
         found: list[tuple[str, str, metadata.EntryPoint]] = []
         seen: set[tuple[str, str]] = set()
-        for dist in metadata.distributions(**({"path": self.metadata_path}
-                                                 if self.metadata_path is not None else {})):
+        distributions = (
+            metadata.distributions()
+            if self.metadata_path is None
+            else metadata.distributions(path=self.metadata_path)
+        )
+        for dist in distributions:
             dist_name = dist.metadata["Name"] or "?"
             key = normalize_distribution(dist_name)
             if key == BUILTIN_OWNER:
@@ -191,9 +208,15 @@ class PluginHost:
                 seen.add((key, ep.name))
                 if (allowed is not None and key not in allowed) or key in skipped:
                     variable = SKIP_ENV if key in skipped else LOAD_ENV
-                    self.records.append(PluginRecord(
-                        dist_name, dist.version, f"{ep.name} = {ep.value}", "skipped",
-                        problems=[f"skipped by {variable}"]))
+                    self.records.append(
+                        PluginRecord(
+                            dist_name,
+                            dist.version,
+                            f"{ep.name} = {ep.value}",
+                            "skipped",
+                            problems=[f"skipped by {variable}"],
+                        )
+                    )
                     continue
                 found.append((dist_name, dist.version, ep))
         # A stable order, so that conflicts between two plugins resolve the same way on
@@ -231,12 +254,16 @@ class PluginHost:
                 continue
             if any(impl.plugin is plugin for impl in caller.get_hookimpls()):
                 hint = close_matches(hook_name, known)
-                return (f"implements unknown hook {hook_name!r}"
-                        + (f"; did you mean {hint[0]!r}?" if hint else "")
-                        + f" (prunekit's hooks: {', '.join(known)})")
+                return (
+                    f"implements unknown hook {hook_name!r}"
+                    + (f"; did you mean {hint[0]!r}?" if hint else "")
+                    + f" (prunekit's hooks: {', '.join(known)})"
+                )
         return None
 
-    def add_plugin(self, plugin: object, name: str | None = None, owner: str | None = None) -> PluginRecord:
+    def add_plugin(
+        self, plugin: object, name: str | None = None, owner: str | None = None
+    ) -> PluginRecord:
         """Register an in-process plugin object (a module or an instance with hookimpls).
 
         Loads the installed plugins first, so in-process plugins can never shadow them or
@@ -263,10 +290,15 @@ class PluginHost:
                 if impl.plugin is not plugin:
                     continue
 
-                def register(name: str, obj: Any, _kind: Kind = kind,
-                             _registry: Registry[Any] = registry) -> None:
-                    staged.append((_kind, _registry.make_entry(name, obj, record.distribution,
-                                                               builtin=builtin)))
+                def register(
+                    name: str, obj: Any, _kind: Kind = kind, _registry: Registry[Any] = registry
+                ) -> None:
+                    staged.append(
+                        (
+                            _kind,
+                            _registry.make_entry(name, obj, record.distribution, builtin=builtin),
+                        )
+                    )
 
                 try:
                     impl.function(*[{"register": register}[arg] for arg in impl.argnames])
@@ -284,8 +316,9 @@ class PluginHost:
                     raise
                 record.status = "partial"
                 record.problems.append(str(exc))
-                warnings.warn(f"prunekit plugin {record.distribution!r}: {exc}", PluginWarning,
-                              stacklevel=2)
+                warnings.warn(
+                    f"prunekit plugin {record.distribution!r}: {exc}", PluginWarning, stacklevel=2
+                )
                 continue
             registry.add(entry.name, entry.obj, entry.owner, builtin=builtin)
             record.registered[kind].append(entry.name)
@@ -296,11 +329,14 @@ class PluginHost:
         warnings.warn(
             f"prunekit plugin {record.distribution!r} ({record.entry_point}) {reason}; "
             "its patterns are not available, everything else loaded",
-            PluginWarning, stacklevel=2)
+            PluginWarning,
+            stacklevel=2,
+        )
 
     # -- registration from user code ------------------------------------------------------
-    def register(self, kind: Kind, name: str, obj: Any, *, owner: str,
-                 override: bool = False) -> Entry[Any]:
+    def register(
+        self, kind: Kind, name: str, obj: Any, *, owner: str, override: bool = False
+    ) -> Entry[Any]:
         """Register one object in-process (the decorators' path into the same registry)."""
         self.load()
         return self.registry(kind).add(name, obj, owner, override=override)

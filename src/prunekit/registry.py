@@ -49,7 +49,9 @@ class Entry(Generic[T]):
 
     def claims(self, name: str) -> bool:
         """Whether this entry answers to ``name``: exactly, or through its grammar."""
-        return name == self.name or (self.spec is not None and self.spec.fullmatch(name) is not None)
+        return name == self.name or (
+            self.spec is not None and self.spec.fullmatch(name) is not None
+        )
 
     def owner_label(self) -> str:
         return f"{self.owner} (built-in)" if self.builtin else self.owner
@@ -72,8 +74,9 @@ class Registry(Generic[T]):
     _entries: dict[str, Entry[T]] = field(default_factory=dict)
 
     # -- registration ---------------------------------------------------------------------
-    def add(self, name: str, obj: T, owner: str, *, builtin: bool = False,
-            override: bool = False) -> Entry[T]:
+    def add(
+        self, name: str, obj: T, owner: str, *, builtin: bool = False, override: bool = False
+    ) -> Entry[T]:
         """Register ``obj`` under ``name`` for ``owner``; refuse a name that is taken."""
         entry = self.make_entry(name, obj, owner, builtin=builtin)
         self.check_free(entry, override=override)
@@ -209,7 +212,9 @@ CRITERIA: RegistryView[Callable[..., Any]] = RegistryView("criteria")
 SCHEDULES: RegistryView[Callable[..., Any]] = RegistryView("schedules")
 
 
-def register_pattern(name: str, *, override: bool = False) -> Callable[[type[Pattern]], type[Pattern]]:
+def register_pattern(
+    name: str, *, override: bool = False
+) -> Callable[[type[Pattern]], type[Pattern]]:
     """Class decorator: register a :class:`~prunekit.Pattern` subclass under ``name``.
 
     The in-process twin of a plugin's ``register_patterns`` hook; both end in the same
@@ -233,7 +238,9 @@ def list_patterns(filter: str | None = None) -> list[str]:
     return [e.name for e in default_host().patterns.entries(filter)]
 
 
-def get_pattern(config: PruningConfig | Mapping[str, Any], modules: Mapping[str, nn.Module]) -> Pattern:
+def get_pattern(
+    config: PruningConfig | Mapping[str, Any], modules: Mapping[str, nn.Module]
+) -> Pattern:
     """Build the pattern ``config.pattern`` names for ``modules`` (op name -> module).
 
     ``config`` may be a dict (validated here, errors as ``field: message`` lines) or a

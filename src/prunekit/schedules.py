@@ -39,7 +39,7 @@ def decay(kind: str, init: float, final: float, progress: float) -> float:
     if kind == "cos":
         return init + (final - init) * (1 - math.cos(p * math.pi / 2))
     if kind == "exp":
-        return 1 - (1 - init) * ((1 - final) / (1 - init)) ** p
+        return float(1 - (1 - init) * ((1 - final) / (1 - init)) ** p)
     raise ValueError(f"sparsity_decay_type: {kind!r} is not one of linear, cube, exp, cos")
 
 
@@ -47,7 +47,11 @@ def iterative(config: PruningConfig) -> StepToSparsity:
     """INC's iterative schedule: from 0 at ``start_step`` to the target at ``end_step``,
     updated every ``pruning_frequency`` steps, shaped by ``sparsity_decay_type``."""
     start, end = config.start_step, config.end_step
-    frequency, target, kind = config.pruning_frequency, config.target_sparsity, config.sparsity_decay_type
+    frequency, target, kind = (
+        config.pruning_frequency,
+        config.target_sparsity,
+        config.sparsity_decay_type,
+    )
 
     def at(step: int) -> float:
         if step < start:

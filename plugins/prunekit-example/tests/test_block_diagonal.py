@@ -47,7 +47,8 @@ def test_found_through_the_installed_entry_point() -> None:
     assert "block_diagonal" in prunekit.list_patterns()
     points = metadata.distribution("prunekit-example").entry_points
     assert [(ep.group, ep.name, ep.value) for ep in points if ep.group == "prunekit"] == [
-        ("prunekit", "block_diagonal", "prunekit_example.plugin")]
+        ("prunekit", "block_diagonal", "prunekit_example.plugin")
+    ]
     record = next(r for r in prunekit.load_plugins() if r.distribution == "prunekit-example")
     assert record.status == "loaded"
     assert record.registered["patterns"] == ["block_diagonal"]
@@ -62,16 +63,18 @@ def test_linear_8x8_removes_the_two_lowest_diagonals() -> None:
     noise = torch.tensor([0.5, -0.5]).repeat(4)
     scores = scores + noise[None, :]
     mask = pattern.get_masks({"fc": scores}, 0.5)["fc"]
-    expected = mask_from([
-        "##....##",
-        "##....##",
-        "####....",
-        "####....",
-        "..####..",
-        "..####..",
-        "....####",
-        "....####",
-    ])
+    expected = mask_from(
+        [
+            "##....##",
+            "##....##",
+            "####....",
+            "####....",
+            "..####..",
+            "..####..",
+            "....####",
+            "....####",
+        ]
+    )
     assert mask.dtype == torch.bool and mask.shape == fc.weight.shape
     assert torch.equal(mask, expected)
 
@@ -93,11 +96,13 @@ def test_reduce_mean_versus_max() -> None:
     assert torch.equal(by_max.get_masks({"fc": scores}, 0.25)["fc"], diagonals(8, 8, 4) != 1)
 
 
-@pytest.mark.parametrize(("in_features", "out_features", "blocks"),
-                         [(8, 8, 4), (32, 16, 8), (12, 24, 2), (64, 64, 16)])
+@pytest.mark.parametrize(
+    ("in_features", "out_features", "blocks"), [(8, 8, 4), (32, 16, 8), (12, 24, 2), (64, 64, 16)]
+)
 @pytest.mark.parametrize("target", [0.0, 0.25, 0.5, 0.75, 0.9])
 def test_every_tile_row_and_column_keeps_the_same_number_of_tiles(
-        in_features: int, out_features: int, blocks: int, target: float) -> None:
+    in_features: int, out_features: int, blocks: int, target: float
+) -> None:
     fc = nn.Linear(in_features, out_features)
     pattern = prunekit.get_pattern(config(blocks=blocks), {"fc": fc})
     mask = pattern.get_masks({"fc": torch.rand(out_features, in_features)}, target)["fc"]
@@ -125,8 +130,9 @@ def test_masked_matmul_is_a_sum_of_block_diagonal_matmuls() -> None:
     pruned = weight * mask
     total = torch.zeros(12)
     for d in kept:
-        blocks = [pruned[r * n:(r + 1) * n, (r + d) % g * m:((r + d) % g + 1) * m]
-                  for r in range(g)]
+        blocks = [
+            pruned[r * n : (r + 1) * n, (r + d) % g * m : ((r + d) % g + 1) * m] for r in range(g)
+        ]
         rolled = x.reshape(g, m).roll(-d, dims=0).reshape(-1)
         total += torch.block_diag(*blocks) @ rolled
     torch.testing.assert_close(total, pruned @ x)
@@ -158,14 +164,19 @@ def test_partial_tiles_linear_10_to_6() -> None:
 
     scores = scores_from(diagonals(6, 10, 4), [1.0, 4.0, 2.0, 3.0])
     mask = pattern.get_masks({"fc": scores}, 0.5)["fc"]
-    assert torch.equal(mask, mask_from([
-        "...###...#",
-        "...###...#",
-        "###...###.",
-        "###...###.",
-        "...###...#",
-        "...###...#",
-    ]))
+    assert torch.equal(
+        mask,
+        mask_from(
+            [
+                "...###...#",
+                "...###...#",
+                "###...###.",
+                "###...###.",
+                "...###...#",
+                "...###...#",
+            ]
+        ),
+    )
     assert int((~mask).sum()) == 18 + 14  # diagonals 0 and 2 are gone
 
     # All scores equal: by mean the first diagonal goes; by sum the smallest one (1, then 2).
@@ -231,8 +242,10 @@ def test_global_scope_counts_elements_across_ops_within_caps() -> None:
     modules = {"low": nn.Linear(8, 8), "high": nn.Linear(8, 8)}
     pattern = prunekit.get_pattern({"pattern": "block_diagonal", "blocks": 4}, modules)
     diagonal = diagonals(8, 8, 4)
-    scores = {"low": scores_from(diagonal, [1.0, 2.0, 3.0, 4.0]),
-              "high": scores_from(diagonal, [14.0, 13.0, 12.0, 11.0])}
+    scores = {
+        "low": scores_from(diagonal, [1.0, 2.0, 3.0, 4.0]),
+        "high": scores_from(diagonal, [14.0, 13.0, 12.0, 11.0]),
+    }
     masks = pattern.get_masks(scores, 0.5)  # 64 of 128 elements: four diagonals of 16
     # "low" may lose at most floor(0.98 * 4) = 3 diagonals; "high" gives its lowest one.
     assert torch.equal(masks["low"], diagonal == 3)
@@ -245,5 +258,7 @@ def test_pre_mask_removals_stay_and_count() -> None:
     pre = diagonal != 2
     scores = {"fc": scores_from(diagonal, [1.0, 2.0, 9.0, 4.0])}
     assert torch.equal(pattern.get_masks(scores, 0.25, {"fc": pre})["fc"], pre)
-    assert torch.equal(pattern.get_masks(scores, 0.5, {"fc": pre})["fc"],
-                       torch.isin(diagonal, torch.tensor([1, 3])))
+    assert torch.equal(
+        pattern.get_masks(scores, 0.5, {"fc": pre})["fc"],
+        torch.isin(diagonal, torch.tensor([1, 3])),
+    )

@@ -53,11 +53,15 @@ class BlockOptions(PatternOptions):
     """Options every block-based pattern understands."""
 
     criterion_reduce_type: Reduce = Field(
-        "mean", description="How a block's score reduces its elements' scores: 'mean' (blocks "
-        "of different sizes compare fairly), 'sum' or 'max'. INC's field name.")
+        "mean",
+        description="How a block's score reduces its elements' scores: 'mean' (blocks "
+        "of different sizes compare fairly), 'sum' or 'max'. INC's field name.",
+    )
     indivisible: Literal["partial", "skip", "raise"] = Field(
-        "partial", description="A weight whose shape does not divide the block: 'partial' "
-        "edge blocks (scored by their mean), 'skip' the op (named in the report), or 'raise'.")
+        "partial",
+        description="A weight whose shape does not divide the block: 'partial' "
+        "edge blocks (scored by their mean), 'skip' the op (named in the report), or 'raise'.",
+    )
 
 
 class Pattern:
@@ -74,9 +78,15 @@ class Pattern:
     spec_examples: ClassVar[tuple[str, ...]] = ()
     Options: ClassVar[type[PatternOptions]] = BlockOptions
     module_types: ClassVar[tuple[type[nn.Module], ...]] = (
-        nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+        nn.Linear,
+        nn.Conv1d,
+        nn.Conv2d,
+        nn.Conv3d,
+    )
 
-    def __init__(self, config: PruningConfig | Mapping[str, Any], modules: Mapping[str, nn.Module]) -> None:
+    def __init__(
+        self, config: PruningConfig | Mapping[str, Any], modules: Mapping[str, nn.Module]
+    ) -> None:
         from prunekit.config import load_config
 
         self.config = load_config(config)
@@ -85,12 +95,13 @@ class Pattern:
         if not isinstance(modules, Mapping) or not modules:
             raise UnsupportedModuleError(
                 f"pattern {self.config.pattern!r} needs a non-empty mapping of op name -> "
-                f"module, got {modules!r}")
+                f"module, got {modules!r}"
+            )
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.module_kinds: dict[str, str] = {}
         for name, module in modules.items():
             self._check_module(name, module)
-            self.shapes[name] = tuple(module.weight.shape)
+            self.shapes[name] = tuple(_weight(module).shape)
             self.module_kinds[name] = type(module).__name__
         # Ops left out on purpose (indivisible="skip"), with the reason, for reports.
         self.skipped: dict[str, str] = {}
@@ -111,8 +122,7 @@ class Pattern:
 
     def layout(self, name: str, module: nn.Module) -> BlockLayout | None:
         """The block layout of op ``name``, or None to skip it (call :meth:`skip` first)."""
-        raise NotImplementedError(
-            f"{type(self).__name__} must override layout() or get_masks()")
+        raise NotImplementedError(f"{type(self).__name__} must override layout() or get_masks()")
 
     def skip(self, name: str, reason: str) -> None:
         """Leave op ``name`` unpruned, with the reason kept for reports."""
@@ -125,12 +135,15 @@ class Pattern:
             supported = ", ".join(t.__name__ for t in self.module_types)
             raise UnsupportedModuleError(
                 f"pattern {self.config.pattern!r} cannot prune op {name!r} "
-                f"({type(module).__name__}): it supports {supported}")
+                f"({type(module).__name__}): it supports {supported}"
+            )
 
     def check_target(self, target_sparsity: float) -> float:
         """The target as a float, or an error naming it and the valid range."""
         if isinstance(target_sparsity, bool) or not isinstance(target_sparsity, (int, float)):
-            raise ValueError(f"target_sparsity: expected a number in [0, 1), got {target_sparsity!r}")
+            raise ValueError(
+                f"target_sparsity: expected a number in [0, 1), got {target_sparsity!r}"
+            )
         target = float(target_sparsity)
         if not (0.0 <= target < 1.0) or math.isnan(target):
             raise ValueError(f"target_sparsity: {target_sparsity!r} is not in [0, 1)")
@@ -138,46 +151,66 @@ class Pattern:
         if target > cap:
             raise ImpossibleTargetError(
                 f"target_sparsity {target} is above max_sparsity_ratio_per_op {cap}: no op may "
-                f"remove more than {cap:.2%}, so the target is short by {target - cap:.2%}")
+                f"remove more than {cap:.2%}, so the target is short by {target - cap:.2%}"
+            )
         return target
 
-    def check_inputs(self, scores: Mapping[str, Tensor],
-                     pre_masks: Mapping[str, Tensor] | None = None) -> None:
+    def check_inputs(
+        self, scores: Mapping[str, Tensor], pre_masks: Mapping[str, Tensor] | None = None
+    ) -> None:
         """Raise :class:`~prunekit.errors.ScoreError` unless ``scores`` has exactly this
         pattern's ops, each a float tensor shaped like its weight without NaN, and
         ``pre_masks`` (if any) has bool masks of the same shapes for some of them."""
         if not isinstance(scores, Mapping):
-            raise ScoreError(f"scores: expected a mapping of op name -> tensor, got {type(scores).__name__}")
+            raise ScoreError(
+                f"scores: expected a mapping of op name -> tensor, got {type(scores).__name__}"
+            )
         _check_names("scores", scores, self.shapes, require_all=True)
         for name, shape in self.shapes.items():
             value = scores[name]
             if not isinstance(value, Tensor) or not value.is_floating_point():
-                raise ScoreError(f"scores[{name!r}]: expected a float tensor, got "
-                                 f"{getattr(value, 'dtype', type(value).__name__)}")
+                raise ScoreError(
+                    f"scores[{name!r}]: expected a float tensor, got "
+                    f"{getattr(value, 'dtype', type(value).__name__)}"
+                )
             if tuple(value.shape) != shape:
-                raise ScoreError(f"scores[{name!r}]: shape {tuple(value.shape)} does not match "
-                                 f"the weight's shape {shape}")
+                raise ScoreError(
+                    f"scores[{name!r}]: shape {tuple(value.shape)} does not match "
+                    f"the weight's shape {shape}"
+                )
             if torch.isnan(value).any():
                 count = int(torch.isnan(value).sum())
-                raise ScoreError(f"scores[{name!r}]: {count} NaN value(s); scores must be numbers "
-                                 "(inf is allowed)")
+                raise ScoreError(
+                    f"scores[{name!r}]: {count} NaN value(s); scores must be numbers "
+                    "(inf is allowed)"
+                )
         if pre_masks is None:
             return
         if not isinstance(pre_masks, Mapping):
-            raise ScoreError(f"pre_masks: expected a mapping of op name -> bool tensor, got "
-                             f"{type(pre_masks).__name__}")
+            raise ScoreError(
+                f"pre_masks: expected a mapping of op name -> bool tensor, got "
+                f"{type(pre_masks).__name__}"
+            )
         _check_names("pre_masks", pre_masks, self.shapes, require_all=False)
         for name, mask in pre_masks.items():
             if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-                raise ScoreError(f"pre_masks[{name!r}]: expected a bool tensor, got "
-                                 f"{getattr(mask, 'dtype', type(mask).__name__)}")
+                raise ScoreError(
+                    f"pre_masks[{name!r}]: expected a bool tensor, got "
+                    f"{getattr(mask, 'dtype', type(mask).__name__)}"
+                )
             if tuple(mask.shape) != self.shapes[name]:
-                raise ScoreError(f"pre_masks[{name!r}]: shape {tuple(mask.shape)} does not match "
-                                 f"the weight's shape {self.shapes[name]}")
+                raise ScoreError(
+                    f"pre_masks[{name!r}]: shape {tuple(mask.shape)} does not match "
+                    f"the weight's shape {self.shapes[name]}"
+                )
 
     # -- masks --------------------------------------------------------------------------------
-    def get_masks(self, scores: Mapping[str, Tensor], target_sparsity: float,
-                  pre_masks: Mapping[str, Tensor] | None = None) -> Masks:
+    def get_masks(
+        self,
+        scores: Mapping[str, Tensor],
+        target_sparsity: float,
+        pre_masks: Mapping[str, Tensor] | None = None,
+    ) -> Masks:
         """One bool mask per op (True = keep), shaped like its weight.
 
         ``scores``: op name -> tensor shaped like the weight, higher = more important.
@@ -188,8 +221,11 @@ class Pattern:
         target = self.check_target(target_sparsity)
         self.check_inputs(scores, pre_masks)
         pre = dict(pre_masks or {})
-        dtype = key_dtype_for(torch.float64 if any(
-            scores[n].dtype == torch.float64 for n in self.layouts) else torch.float32)
+        dtype = key_dtype_for(
+            torch.float64
+            if any(scores[n].dtype == torch.float64 for n in self.layouts)
+            else torch.float32
+        )
         how: Reduce = getattr(self.options, "criterion_reduce_type", "mean")
         names = list(self.layouts)
         ops: list[OpBlocks] = []
@@ -213,31 +249,49 @@ class Pattern:
             masks[name] = mask
         return masks
 
-    def _op_blocks(self, name: str, scores: Tensor, pre_mask: Tensor | None, how: Reduce) -> OpBlocks:
+    def _op_blocks(
+        self, name: str, scores: Tensor, pre_mask: Tensor | None, how: Reduce
+    ) -> OpBlocks:
         layout = self.layouts[name]
         block_scores = layout.reduce(scores, how)
         if torch.isnan(block_scores).any():
-            raise ScoreError(f"scores[{name!r}]: a block mixes +inf and -inf, so its {how} is "
-                             "undefined; use criterion_reduce_type='max' or finite scores")
+            raise ScoreError(
+                f"scores[{name!r}]: a block mixes +inf and -inf, so its {how} is "
+                "undefined; use criterion_reduce_type='max' or finite scores"
+            )
         keys = sortable_keys(block_scores)
         removed = 0
         if pre_mask is not None:
-            fully_removed = layout.reduce(pre_mask.to(device=scores.device, dtype=scores.dtype),
-                                          "max") <= 0
+            fully_removed = (
+                layout.reduce(pre_mask.to(device=scores.device, dtype=scores.dtype), "max") <= 0
+            )
             keys[fully_removed] = removed_sentinel(keys)
             removed = int(fully_removed.sum())
-        lo, hi = cap_counts(layout.num_blocks, self.config.min_sparsity_ratio_per_op,
-                            self.config.max_sparsity_ratio_per_op, removed)
+        lo, hi = cap_counts(
+            layout.num_blocks,
+            self.config.min_sparsity_ratio_per_op,
+            self.config.max_sparsity_ratio_per_op,
+            removed,
+        )
         sizes = None if layout.sizes is None else layout.sizes.to(keys.device)
         return OpBlocks(keys, sizes, layout.block_size, lo, hi)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(pattern={self.config.pattern!r}, "
-                f"scope={self.config.pruning_scope!r}, ops={list(self.shapes)})")
+        return (
+            f"{type(self).__name__}(pattern={self.config.pattern!r}, "
+            f"scope={self.config.pruning_scope!r}, ops={list(self.shapes)})"
+        )
 
 
-def _check_names(what: str, given: Mapping[str, Any], expected: Mapping[str, Any], *,
-                 require_all: bool) -> None:
+def _weight(module: nn.Module) -> Tensor:
+    weight = getattr(module, "weight", None)
+    assert isinstance(weight, Tensor)  # _check_module made sure
+    return weight
+
+
+def _check_names(
+    what: str, given: Mapping[str, Any], expected: Mapping[str, Any], *, require_all: bool
+) -> None:
     missing = [n for n in expected if n not in given] if require_all else []
     extra = [n for n in given if n not in expected]
     if missing or extra:
@@ -246,5 +300,7 @@ def _check_names(what: str, given: Mapping[str, Any], expected: Mapping[str, Any
             parts.append(f"missing {', '.join(map(repr, missing))}")
         if extra:
             parts.append(f"unexpected {', '.join(map(repr, extra))}")
-        raise ScoreError(f"{what}: names do not match the pattern's ops ({'; '.join(parts)}); "
-                         f"expected {', '.join(map(repr, expected))}")
+        raise ScoreError(
+            f"{what}: names do not match the pattern's ops ({'; '.join(parts)}); "
+            f"expected {', '.join(map(repr, expected))}"
+        )

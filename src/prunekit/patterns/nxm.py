@@ -35,13 +35,15 @@ class NxMPattern(Pattern):
         if match is None:
             raise InvalidSpecError(
                 f"pattern {spec!r} is not an NxM spec: write N and M as whole numbers >= 1 or "
-                "'channel', as in '4x1', '1x1', 'channelx1', '1xchannel'")
+                "'channel', as in '4x1', '1x1', 'channelx1', '1xchannel'"
+            )
         params: dict[str, Any] = {}
         for key in ("n", "m"):
             text = match.group(key)
             if text != "channel" and int(text) < 1:
                 raise InvalidSpecError(
-                    f"pattern {spec!r}: block size {key.upper()}={text} must be >= 1 (or 'channel')")
+                    f"pattern {spec!r}: block size {key.upper()}={text} must be >= 1 (or 'channel')"
+                )
             params[key] = text if text == "channel" else int(text)
         return params
 
@@ -52,11 +54,11 @@ class NxMPattern(Pattern):
         m = cols if self.params["m"] == "channel" else self.params["m"]
         if rows % n == 0 and cols % m == 0:
             return GridLayout(self.shapes[name], n, m)
-        reason = (f"its 2-D view ({rows}, {cols}) does not divide into "
-                  f"{self.config.pattern} blocks")
+        reason = f"its 2-D view ({rows}, {cols}) does not divide into {self.config.pattern} blocks"
         if self.options.indivisible == "raise":
             raise IndivisibleShapeError(
-                f"op {name!r}: {reason}; use indivisible='partial' (edge blocks) or 'skip'")
+                f"op {name!r}: {reason}; use indivisible='partial' (edge blocks) or 'skip'"
+            )
         if self.options.indivisible == "skip":
             self.skip(name, reason)
             return None

@@ -100,7 +100,9 @@ class OpBlocks:
         return int(self.sizes[lowest_k(self.keys, k)].sum())
 
 
-def cap_counts(num_blocks: int, min_ratio: float, max_ratio: float, pre_removed: int) -> tuple[int, int]:
+def cap_counts(
+    num_blocks: int, min_ratio: float, max_ratio: float, pre_removed: int
+) -> tuple[int, int]:
     """(lo, hi): the block counts an op must / may remove under its ratio caps.
 
     The max cap rounds down and the min cap up (a cap is a promise); blocks a pre-mask
@@ -134,7 +136,8 @@ def global_counts(ops: Sequence[OpBlocks], target_elements: int) -> list[int]:
             f"the per-op caps allow removing at most {reachable} of {total} elements "
             f"({reachable / max(total, 1):.2%}) but the target asks for {target_elements} "
             f"({target_elements / max(total, 1):.2%}): short by {target_elements - reachable} "
-            "elements; raise max_sparsity_ratio_per_op or lower the target")
+            "elements; raise max_sparsity_ratio_per_op or lower the target"
+        )
     if sum(e_lo) >= target_elements or not ops:
         return [op.lo for op in ops]
 
@@ -163,8 +166,9 @@ class _RadixSearch:
     def _capped_elements(self, counts: Tensor, elems: Tensor) -> Tensor:
         """Elements removed per op (rows) at each candidate threshold (columns)."""
         lo, hi = self.lo[:, None], self.hi[:, None]
-        return torch.where(counts < lo, self.e_lo[:, None],
-                           torch.where(counts > hi, self.e_hi[:, None], elems))
+        return torch.where(
+            counts < lo, self.e_lo[:, None], torch.where(counts > hi, self.e_hi[:, None], elems)
+        )
 
     def run(self) -> list[int]:
         in_range: list[Tensor | None] = [None] * len(self.ops)
@@ -183,18 +187,22 @@ class _RadixSearch:
                     whist[i] = counts * op.block_size
                 else:
                     sizes = op.sizes if in_range[i] is None else op.sizes[in_range[i]]
-                    whist[i] = torch.bincount(d, weights=sizes.to(torch.float64),
-                                              minlength=self.buckets).cpu()
-            at_or_below = self._capped_elements(self.base_count[:, None] + hist.cumsum(1),
-                                                self.base_elems[:, None] + whist.cumsum(1))
+                    whist[i] = torch.bincount(
+                        d, weights=sizes.to(torch.float64), minlength=self.buckets
+                    ).cpu()
+            at_or_below = self._capped_elements(
+                self.base_count[:, None] + hist.cumsum(1),
+                self.base_elems[:, None] + whist.cumsum(1),
+            )
             total = at_or_below.sum(0)
-            digit = int(torch.searchsorted(total, torch.tensor([float(self.target)],
-                                                               dtype=torch.float64)))
+            digit = int(
+                torch.searchsorted(total, torch.tensor([float(self.target)], dtype=torch.float64))
+            )
             below = hist[:, :digit].sum(1)
             self.base_count += below
             self.base_elems += whist[:, :digit].sum(1)
             tied_counts = hist[:, digit]
-            for i, op in enumerate(self.ops):
+            for i in range(len(self.ops)):
                 hit = digits[i] == digit
                 if in_range[i] is None:
                     in_range[i] = hit
@@ -230,7 +238,7 @@ class _RadixSearch:
                 mask = tied_masks[i]
                 assert mask is not None
                 offset = int(k_lt[i] - below[i])
-                sizes = op.sizes[mask][offset:offset + available].to(torch.int64)
+                sizes = op.sizes[mask][offset : offset + available].to(torch.int64)
                 cumulative = torch.cumsum(sizes, 0)
                 take = min(available, int(torch.searchsorted(cumulative, torch.tensor([need]))) + 1)
                 gained, last = int(cumulative[take - 1]), int(sizes[take - 1])

@@ -50,8 +50,10 @@ class DiagonalLayout:
         self.rows = shape[0]
         self.cols = math.prod(shape[1:]) if len(shape) > 1 else 1
         if min(self.rows, self.cols) < 1 or blocks < 1:
-            raise ValueError(f"DiagonalLayout needs a non-empty weight and blocks >= 1, got "
-                             f"shape {self.shape} and blocks={blocks}")
+            raise ValueError(
+                f"DiagonalLayout needs a non-empty weight and blocks >= 1, got "
+                f"shape {self.shape} and blocks={blocks}"
+            )
         self.requested_blocks = blocks
         g = min(blocks, self.rows, self.cols)
         self.num_blocks = g
@@ -107,8 +109,10 @@ class DiagonalLayout:
         return self.expand(torch.arange(self.num_blocks))
 
     def __repr__(self) -> str:
-        return (f"DiagonalLayout(shape={self.shape}, view=({self.rows}, {self.cols}), "
-                f"blocks={self.num_blocks}, tile={self.tile})")
+        return (
+            f"DiagonalLayout(shape={self.shape}, view=({self.rows}, {self.cols}), "
+            f"blocks={self.num_blocks}, tile={self.tile})"
+        )
 
 
 class BlockDiagonalOptions(prunekit.BlockOptions):
@@ -116,17 +120,23 @@ class BlockDiagonalOptions(prunekit.BlockOptions):
     apply per diagonal."""
 
     blocks: int = Field(
-        4, ge=2, le=4096, description="G: the 2-D view is tiled into a G x G grid and each op "
+        4,
+        ge=2,
+        le=4096,
+        description="G: the 2-D view is tiled into a G x G grid and each op "
         "has G cyclic block diagonals to keep or remove (the groups of the block-diagonal "
-        "matmuls). A view smaller than the grid uses min(G, rows, cols).")
+        "matmuls). A view smaller than the grid uses min(G, rows, cols).",
+    )
 
 
 class BlockDiagonalPattern(prunekit.Pattern):
     """Removes whole cyclic block diagonals of a G x G tile grid, so every tile-row and
     tile-column keeps the same number of tiles (a sum of block-diagonal matmuls)."""
 
-    description = ("whole cyclic block diagonals of a G x G tile grid on INC's (out, kernel*in) "
-                   "view; every tile-row/column keeps the same number of tiles")
+    description = (
+        "whole cyclic block diagonals of a G x G tile grid on INC's (out, kernel*in) "
+        "view; every tile-row/column keeps the same number of tiles"
+    )
     Options = BlockDiagonalOptions
     module_types = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -143,7 +153,8 @@ class BlockDiagonalPattern(prunekit.Pattern):
         if self.options.indivisible == "raise":
             raise prunekit.IndivisibleShapeError(
                 f"op {name!r}: {reason}; use indivisible='partial' (partial edge tiles, "
-                f"min(blocks, rows, cols) diagonals) or 'skip'")
+                f"min(blocks, rows, cols) diagonals) or 'skip'"
+            )
         if self.options.indivisible == "skip":
             self.skip(name, reason)
             return None
