@@ -312,6 +312,10 @@ class PruningConfig(BaseModel):
                     f"is before start_step ({self.start_step}); it must be >= it",
                 )
             )
+        pattern_cls = _pattern_class(self.pattern)
+        if pattern_cls is not None and not errors:
+            for field, message in pattern_cls.check_config(self).items():
+                errors.append(_error(field, getattr(self, field, None), message))
         _raise(errors)
         return self
 

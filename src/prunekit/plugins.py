@@ -47,6 +47,9 @@ SKIP_ENV = "PRUNEKIT_SKIP_PLUGINS"
 # The built-in plugins: modules that implement the same hooks as third-party plugins.
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "prunekit.patterns.nxm",
+    "prunekit.patterns.ninm",
+    "prunekit.patterns.granularity",
+    "prunekit.patterns.ln_structured",
     "prunekit.criteria",
     "prunekit.schedules",
 )

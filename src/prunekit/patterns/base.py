@@ -49,14 +49,19 @@ class PatternOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class BlockOptions(PatternOptions):
-    """Options every block-based pattern understands."""
+class ReduceOptions(PatternOptions):
+    """Options of patterns whose blocks hold several elements."""
 
     criterion_reduce_type: Reduce = Field(
         "mean",
         description="How a block's score reduces its elements' scores: 'mean' (blocks "
         "of different sizes compare fairly), 'sum' or 'max'. INC's field name.",
     )
+
+
+class BlockOptions(ReduceOptions):
+    """Options of tiling patterns, whose tiles may not divide a weight's shape."""
+
     indivisible: Literal["partial", "skip", "raise"] = Field(
         "partial",
         description="A weight whose shape does not divide the block: 'partial' "
@@ -113,6 +118,12 @@ class Pattern:
                     self.layouts[name] = layout
 
     # -- hooks for subclasses -----------------------------------------------------------------
+    @classmethod
+    def check_config(cls, config: PruningConfig) -> dict[str, str]:
+        """Problems with ``config`` that only this pattern knows (field -> message), checked
+        when the config is validated. Default: none."""
+        return {}
+
     @classmethod
     def parse_spec(cls, spec: str) -> Mapping[str, Any]:
         """Parameters a family reads from its spec (``"4x1"`` -> ``{"n": 4, "m": 1}``).
@@ -228,20 +239,21 @@ class Pattern:
         )
         how: Reduce = getattr(self.options, "criterion_reduce_type", "mean")
         names = list(self.layouts)
-        ops: list[OpBlocks] = []
-        for name in names:
-            ops.append(self._op_blocks(name, scores[name].to(dtype), pre.get(name), how))
+        prepared = {n: scores[n].to(dtype) for n in names}
+        ops = [self._op_blocks(n, prepared[n], pre.get(n), how) for n in names]
         if self.config.pruning_scope == "local":
-            counts = [local_count(op.num_blocks, target, op.lo, op.hi) for op in ops]
+            counts = [
+                self.local_block_count(n, op, target) for n, op in zip(names, ops, strict=True)
+            ]
         else:
-            total = sum(op.num_elements for op in ops)
-            counts = global_counts(ops, round(target * total))
+            total = sum(self.layout_elements(n) for n in names)
+            counts = global_counts(ops, round(target * total), total)
         masks: Masks = {}
         for name in self.shapes:
             if name in self.layouts:
-                op = ops[names.index(name)]
-                keep_blocks = ~lowest_k(op.keys, counts[names.index(name)])
-                mask = self.layouts[name].expand(keep_blocks)
+                i = names.index(name)
+                keep_blocks = ~lowest_k(ops[i].keys, counts[i])
+                mask = self.expand_blocks(name, keep_blocks, prepared[name], pre.get(name))
             else:
                 mask = torch.ones(self.shapes[name], dtype=torch.bool, device=scores[name].device)
             if name in pre:
@@ -249,11 +261,44 @@ class Pattern:
             masks[name] = mask
         return masks
 
+    # -- finer hooks of the block machinery (override to change one step) -------------------
+    def block_scores(self, name: str, scores: Tensor, how: Reduce) -> Tensor:
+        """1-D score per block of op ``name`` (default: the layout's reduction)."""
+        return self.layouts[name].reduce(scores, how)
+
+    def removed_blocks(self, name: str, pre_mask: Tensor) -> Tensor:
+        """1-D bool per block: blocks a pre-mask already removed (default: every element)."""
+        return self.layouts[name].reduce(pre_mask.to(torch.float32), "max") <= 0
+
+    def block_caps(self, name: str, pre_removed: int) -> tuple[int, int]:
+        """(lo, hi): how many blocks op ``name`` must / may remove under the ratio caps."""
+        return cap_counts(
+            self.layouts[name].num_blocks,
+            self.config.min_sparsity_ratio_per_op,
+            self.config.max_sparsity_ratio_per_op,
+            pre_removed,
+        )
+
+    def layout_elements(self, name: str) -> int:
+        """Elements of op ``name`` that the global target counts (default: the weight's)."""
+        return math.prod(self.shapes[name])
+
+    def local_block_count(self, name: str, op: OpBlocks, target: float) -> int:
+        """Blocks op ``name`` removes under local scope: ``round(target * blocks)`` in caps."""
+        return local_count(op.num_blocks, target, op.lo, op.hi)
+
+    def expand_blocks(
+        self, name: str, keep_blocks: Tensor, scores: Tensor, pre_mask: Tensor | None
+    ) -> Tensor:
+        """Weight-shaped bool mask from the 1-D keep decision per block (default: every
+        element of a block follows it)."""
+        return self.layouts[name].expand(keep_blocks)
+
     def _op_blocks(
         self, name: str, scores: Tensor, pre_mask: Tensor | None, how: Reduce
     ) -> OpBlocks:
         layout = self.layouts[name]
-        block_scores = layout.reduce(scores, how)
+        block_scores = self.block_scores(name, scores, how)
         if torch.isnan(block_scores).any():
             raise ScoreError(
                 f"scores[{name!r}]: a block mixes +inf and -inf, so its {how} is "
@@ -262,17 +307,10 @@ class Pattern:
         keys = sortable_keys(block_scores)
         removed = 0
         if pre_mask is not None:
-            fully_removed = (
-                layout.reduce(pre_mask.to(device=scores.device, dtype=scores.dtype), "max") <= 0
-            )
+            fully_removed = self.removed_blocks(name, pre_mask.to(scores.device))
             keys[fully_removed] = removed_sentinel(keys)
             removed = int(fully_removed.sum())
-        lo, hi = cap_counts(
-            layout.num_blocks,
-            self.config.min_sparsity_ratio_per_op,
-            self.config.max_sparsity_ratio_per_op,
-            removed,
-        )
+        lo, hi = self.block_caps(name, removed)
         sizes = None if layout.sizes is None else layout.sizes.to(keys.device)
         return OpBlocks(keys, sizes, layout.block_size, lo, hi)
 

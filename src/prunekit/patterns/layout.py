@@ -100,3 +100,37 @@ class GridLayout:
         view = full.reshape(self.grid[0] * self.n, self.grid[1] * self.m)
         view = view[: self.rows, : self.cols]
         return from_2d(view.contiguous(), self.shape).contiguous()
+
+
+class AxisLayout:
+    """Blocks that span whole dims of the weight: one block per index of the other dims.
+
+    ``span`` lists the dims (of the weight's own shape) a block covers; blocks are numbered
+    row-major over the remaining dims. ``span=()`` makes every element its own block;
+    spanning every dim makes the whole weight one block.
+    """
+
+    def __init__(self, shape: tuple[int, ...], span: tuple[int, ...]) -> None:
+        self.shape = tuple(shape)
+        self.span = tuple(sorted({d % len(shape) for d in span}))
+        self.keep_dims = tuple(d for d in range(len(shape)) if d not in self.span)
+        self.grid = tuple(shape[d] for d in self.keep_dims)
+        self.num_blocks = math.prod(self.grid)
+        self.block_size = math.prod(shape[d] for d in self.span)
+        self.sizes: Tensor | None = None
+        # Shape of the per-block tensor with the spanned dims kept as size 1, for broadcasting.
+        self._broadcast = tuple(1 if d in self.span else n for d, n in enumerate(shape))
+
+    def reduce(self, values: Tensor, how: Reduce) -> Tensor:
+        if not self.span:
+            return values.reshape(-1)
+        if how == "max":
+            reduced = values.amax(dim=self.span)
+        elif how == "sum":
+            reduced = values.sum(dim=self.span)
+        else:
+            reduced = values.mean(dim=self.span)
+        return reduced.reshape(-1)
+
+    def expand(self, block_values: Tensor) -> Tensor:
+        return block_values.reshape(self._broadcast).expand(self.shape).contiguous()

@@ -119,21 +119,25 @@ def local_count(num_blocks: int, target: float, lo: int, hi: int) -> int:
     return min(max(round(target * num_blocks), lo), hi)
 
 
-def global_counts(ops: Sequence[OpBlocks], target_elements: int) -> list[int]:
+def global_counts(
+    ops: Sequence[OpBlocks], target_elements: int, total_elements: int | None = None
+) -> list[int]:
     """How many blocks each op removes so that, together, ``target_elements`` are removed.
 
     The blocks are taken lowest key first across all ops (ties: earlier op, then lower
     index), except that each op's count is held within ``[lo, hi]``: an op at its max stops
     and the rest of the budget goes to the others; an op below its min is brought up to it.
     The total lands on whole blocks nearest to ``target_elements`` (half-way: fewer).
+    ``total_elements`` (default: every block's elements) is only used in error messages.
     """
     e_lo = [op.elements_of_lowest(op.lo) for op in ops]
     e_hi = [op.elements_of_lowest(op.hi) for op in ops]
     reachable = sum(e_hi)
     if reachable < target_elements:
-        total = sum(op.num_elements for op in ops)
+        total = total_elements or sum(op.num_elements for op in ops)
         raise ImpossibleTargetError(
-            f"the per-op caps allow removing at most {reachable} of {total} elements "
+            f"the pattern and the per-op caps allow removing at most {reachable} of {total} "
+            "elements "
             f"({reachable / max(total, 1):.2%}) but the target asks for {target_elements} "
             f"({target_elements / max(total, 1):.2%}): short by {target_elements - reachable} "
             "elements; raise max_sparsity_ratio_per_op or lower the target"
