@@ -35,6 +35,13 @@ from prunekit.naming import close_matches
 
 Scope = Literal["global", "local"]
 DecayType = Literal["linear", "cube", "exp", "cos"]
+PruneMode = Literal["Identity", "Static", "Gradual"]
+# N2D2's prune modes are schedules under another name.
+PRUNE_MODE_SCHEDULES: dict[str, str] = {
+    "Identity": "identity",
+    "Static": "oneshot",
+    "Gradual": "gradual",
+}
 
 
 class ConfigError(PrunekitError, ValueError):
@@ -184,6 +191,22 @@ class PruningConfig(BaseModel):
     sparsity_decay_type: DecayType = Field(
         "exp", description="How sparsity rises between start_step and end_step."
     )
+    prune_mode: PruneMode | None = Field(
+        None,
+        description="N2D2's mode: 'Identity' (no pruning), 'Static' (the target at once) or "
+        "'Gradual' (start, then + gamma every stepsize steps); sets the schedule.",
+    )
+    start: float = Field(
+        0.0, ge=0.0, lt=1.0, allow_inf_nan=False, description="Gradual: the first sparsity."
+    )
+    stepsize: int = Field(1, ge=1, description="Gradual: steps between increases.")
+    gamma: float = Field(
+        0.1,
+        gt=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="Gradual: sparsity added per increase.",
+    )
     seed: int = Field(0, ge=0, le=2**63 - 1, description="Seed for random criteria and fillers.")
     pattern_options: dict[str, Any] = Field(
         default_factory=dict,
@@ -209,6 +232,13 @@ class PruningConfig(BaseModel):
             options = dict(data.get("pattern_options") or {})
             for key in [k for k in data if k in option_fields and k not in _top_level_keys()]:
                 options[key] = data.pop(key)
+            if pattern_cls is not None and "target_sparsity" not in data:
+                try:
+                    default = pattern_cls.default_target(pattern_name)
+                except InvalidSpecError:
+                    default = None  # reported by the pattern field's own validator
+                if default is not None:
+                    data["target_sparsity"] = default
             if pattern_cls is not None:
                 try:
                     data["pattern_options"] = pattern_cls.Options.model_validate(
@@ -304,6 +334,26 @@ class PruningConfig(BaseModel):
                     "lower the target or raise the cap",
                 )
             )
+        if self.prune_mode == "Gradual" and self.start > self.target_sparsity:
+            errors.append(
+                _error(
+                    "start",
+                    self.start,
+                    f"is above target_sparsity ({self.target_sparsity}); Gradual rises from "
+                    "start to the target",
+                )
+            )
+        if self.prune_mode is not None and self.schedule is not None:
+            implied = PRUNE_MODE_SCHEDULES[self.prune_mode]
+            if implied != self.schedule:
+                errors.append(
+                    _error(
+                        "schedule",
+                        self.schedule,
+                        f"contradicts prune_mode {self.prune_mode!r} (which means schedule "
+                        f"{implied!r}); give one of them",
+                    )
+                )
         if self.end_step < self.start_step:
             errors.append(
                 _error(
@@ -318,6 +368,16 @@ class PruningConfig(BaseModel):
                 errors.append(_error(field, getattr(self, field, None), message))
         _raise(errors)
         return self
+
+    @property
+    def schedule_name(self) -> str:
+        """The schedule in force: ``schedule``, else N2D2's ``prune_mode``, else INC's rule
+        (one-shot when ``end_step == start_step``, iterative otherwise)."""
+        if self.schedule is not None:
+            return self.schedule
+        if self.prune_mode is not None:
+            return PRUNE_MODE_SCHEDULES[self.prune_mode]
+        return "oneshot" if self.end_step == self.start_step else "iterative"
 
     # -- constructors -----------------------------------------------------------------------
     @classmethod

@@ -49,6 +49,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "prunekit.patterns.nxm",
     "prunekit.patterns.ninm",
     "prunekit.patterns.granularity",
+    "prunekit.patterns.fillers",
     "prunekit.patterns.ln_structured",
     "prunekit.criteria",
     "prunekit.schedules",

@@ -64,7 +64,52 @@ def iterative(config: PruningConfig) -> StepToSparsity:
     return at
 
 
+def identity(config: PruningConfig) -> StepToSparsity:
+    """N2D2's Identity mode: no pruning at any step."""
+
+    def at(step: int) -> float:
+        return 0.0
+
+    return at
+
+
+def gradual(config: PruningConfig) -> StepToSparsity:
+    """N2D2's Gradual mode: ``start`` at ``start_step``, plus ``gamma`` every ``stepsize``
+    steps, until the target."""
+    begin, first, gamma, every = config.start_step, config.start, config.gamma, config.stepsize
+    target = config.target_sparsity
+
+    def at(step: int) -> float:
+        if step < begin:
+            return 0.0
+        return min(target, first + gamma * ((step - begin) // every))
+
+    return at
+
+
+def agp(config: PruningConfig) -> StepToSparsity:
+    """fasterai's ``agp``, Zhu and Gupta's automated gradual pruning: ``s_f * (1 - (1 - p)^3)``
+    from ``start_step`` to ``end_step`` every ``pruning_frequency`` steps: fast early, slow
+    late (INC's ``cube`` is the opposite)."""
+    start, end, frequency = config.start_step, config.end_step, config.pruning_frequency
+    target = config.target_sparsity
+
+    def at(step: int) -> float:
+        if step < start:
+            return 0.0
+        if step >= end:
+            return target
+        last_update = start + ((step - start) // frequency) * frequency
+        progress = (last_update - start) / (end - start)
+        return float(target * (1 - (1 - progress) ** 3))
+
+    return at
+
+
 @hookimpl
 def register_schedules(register: Register) -> None:
     register("oneshot", oneshot)
     register("iterative", iterative)
+    register("agp", agp)
+    register("identity", identity)
+    register("gradual", gradual)

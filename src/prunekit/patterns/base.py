@@ -119,6 +119,12 @@ class Pattern:
 
     # -- hooks for subclasses -----------------------------------------------------------------
     @classmethod
+    def default_target(cls, spec: str) -> float | None:
+        """The target sparsity a config of this pattern gets when it names none (None: the
+        config's own default)."""
+        return None
+
+    @classmethod
     def check_config(cls, config: PruningConfig) -> dict[str, str]:
         """Problems with ``config`` that only this pattern knows (field -> message), checked
         when the config is validated. Default: none."""

@@ -239,7 +239,7 @@ class LnStructuredPattern(Pattern):
         Under global scope, divided by ``size ** (1/n)`` so that layers compare fairly."""
         layout = self.layouts[name]
         assert isinstance(layout, AxisLayout)
-        norms = torch.linalg.vector_norm(scores, ord=self.ord, dim=layout.span)
+        norms: Tensor = torch.linalg.vector_norm(scores, ord=self.ord, dim=layout.span)
         if self.config.pruning_scope == "global" and math.isfinite(self.ord):
             norms = norms / float(layout.block_size) ** (1.0 / self.ord)
         return norms.reshape(-1)

@@ -93,6 +93,12 @@ class NInMPattern(Pattern):
         return {"n": n, "m": m}
 
     @classmethod
+    def default_target(cls, spec: str) -> float | None:
+        """N/M: a config that says only ``"2:4"`` asks for the hardware layout."""
+        params = cls.parse_spec(spec)
+        return float(params["n"]) / params["m"]
+
+    @classmethod
     def check_config(cls, config: PruningConfig) -> dict[str, str]:
         params = cls.parse_spec(config.pattern)
         if config.target_sparsity > params["n"] / params["m"] + 1e-12:

@@ -1,0 +1,101 @@
+"""N2D2's fillers as patterns: ``random`` and ``iter_nonstruct`` (unstructured).
+
+``random`` fills the mask randomly with the exact count, from a generator seeded by
+``config.seed`` and the op's name, so the same seed gives the same mask on every run (and
+different ops get different draws). Scores are validated but not used.
+
+``iter_nonstruct`` is N2D2's IterNonStruct: remove every weight whose score is below
+``delta``, then below ``2 * delta``, and so on until the target is reached. N2D2 removes the
+whole last step and overshoots; we remove exactly the target, lowest first, within the last
+step. The result is therefore the lowest-``k`` mask: the same weights as ``"1x1"`` at the
+same scope. ``last_steps`` records, per op, how many delta steps N2D2 would have taken.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Mapping
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from prunekit.hookspecs import Register, hookimpl
+from prunekit.patterns.base import Masks, Pattern, PatternOptions
+from prunekit.patterns.layout import AxisLayout, BlockLayout, Reduce
+
+_ALL_WEIGHTS: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+
+
+class RandomFiller(Pattern):
+    """N2D2's Random filler: a random mask with the exact count, seeded by config.seed."""
+
+    description = "N2D2's Random filler: random weights, exact count, reproducible per seed"
+    Options = PatternOptions
+    module_types = _ALL_WEIGHTS
+
+    def layout(self, name: str, module: nn.Module) -> BlockLayout | None:
+        return AxisLayout(self.shapes[name], ())
+
+    def generator(self, name: str) -> torch.Generator:
+        """The op's generator: ``config.seed`` mixed with a stable hash of the op name."""
+        seed = (self.config.seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63 - 1)
+        return torch.Generator().manual_seed(seed)
+
+    def block_scores(self, name: str, scores: Tensor, how: Reduce) -> Tensor:
+        draws = torch.rand(math.prod(self.shapes[name]), generator=self.generator(name))
+        return draws.to(device=scores.device, dtype=scores.dtype)
+
+
+class IterNonStructOptions(PatternOptions):
+    """``iter_nonstruct``'s options."""
+
+    delta: float = Field(
+        0.001,
+        gt=0.0,
+        allow_inf_nan=False,
+        description="N2D2's step: weights scoring below delta go first, then below 2*delta, ...; "
+        "the mask removes exactly the target, lowest first, within the last step.",
+    )
+
+
+class IterNonStructFiller(Pattern):
+    """N2D2's IterNonStruct filler with an exact target (lowest scores first)."""
+
+    description = "N2D2's IterNonStruct filler: below delta, 2*delta, ... until exactly the target"
+    Options = IterNonStructOptions
+    module_types = _ALL_WEIGHTS
+
+    def layout(self, name: str, module: nn.Module) -> BlockLayout | None:
+        return AxisLayout(self.shapes[name], ())
+
+    def get_masks(
+        self,
+        scores: Mapping[str, Tensor],
+        target_sparsity: float,
+        pre_masks: Mapping[str, Tensor] | None = None,
+    ) -> Masks:
+        masks = super().get_masks(scores, target_sparsity, pre_masks)
+        delta = self.options.delta
+        # N2D2's step count: the smallest k with every removed weight below k * delta.
+        self.last_steps: dict[str, int] = {}
+        for name, mask in masks.items():
+            removed = scores[name].detach()[~mask]
+            top = float(removed.max()) if removed.numel() else 0.0
+            self.last_steps[name] = max(0, math.floor(top / delta) + 1) if removed.numel() else 0
+        return masks
+
+
+@hookimpl
+def register_patterns(register: Register) -> None:
+    register("random", RandomFiller)
+    register("iter_nonstruct", IterNonStructFiller)
