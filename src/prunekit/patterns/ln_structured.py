@@ -193,7 +193,7 @@ class LnStructuredPattern(Pattern):
         dim: int = self.options.dim
         if not -len(shape) <= dim < len(shape):
             raise DimOutOfRangeError(
-                f"pattern 'ln_structured': dim={dim} is out of range for op {name!r} "
+                f"pattern {self.config.pattern!r}: dim={dim} is out of range for op {name!r} "
                 f"({self.module_kinds[name]}, weight shape {shape}): valid dims are "
                 f"{-len(shape)}..{len(shape) - 1}"
             )
