@@ -21,6 +21,7 @@ from prunekit.errors import (
 from prunekit.hookspecs import hookimpl
 from prunekit.patterns.base import BlockOptions, Pattern, PatternOptions
 from prunekit.plugins import PluginWarning, load_plugins
+from prunekit.pruner import MaskFileError, Pruner, prune
 from prunekit.registry import (
     CRITERIA,
     PATTERNS,
@@ -29,6 +30,8 @@ from prunekit.registry import (
     list_patterns,
     register_pattern,
 )
+from prunekit.report import OpReport, PruningReport
+from prunekit.selection_ops import OpSelectionError
 
 __version__ = "0.1.0"
 
@@ -41,12 +44,17 @@ __all__ = [
     "ImpossibleTargetError",
     "IndivisibleShapeError",
     "InvalidSpecError",
+    "MaskFileError",
     "NameTakenError",
+    "OpReport",
+    "OpSelectionError",
     "Pattern",
     "PatternOptions",
     "PluginWarning",
     "PrunekitError",
+    "Pruner",
     "PruningConfig",
+    "PruningReport",
     "ScoreError",
     "UnknownCriterionError",
     "UnknownPatternError",
@@ -59,5 +67,6 @@ __all__ = [
     "load_config",
     "load_configs",
     "load_plugins",
+    "prune",
     "register_pattern",
 ]

@@ -208,6 +208,11 @@ class PruningConfig(BaseModel):
         description="Gradual: sparsity added per increase.",
     )
     seed: int = Field(0, ge=0, le=2**63 - 1, description="Seed for random criteria and fillers.")
+    prune_bias: bool = Field(
+        False,
+        description="Zero (and keep at zero) the bias of every output channel whose weights "
+        "are all removed (filters, rows); off by default, as in torch.nn.utils.prune.",
+    )
     pattern_options: dict[str, Any] = Field(
         default_factory=dict,
         description="The pattern's own parameters (may also be given "

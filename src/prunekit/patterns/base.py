@@ -141,6 +141,11 @@ class Pattern:
         """The block layout of op ``name``, or None to skip it (call :meth:`skip` first)."""
         raise NotImplementedError(f"{type(self).__name__} must override layout() or get_masks()")
 
+    def is_hardware_valid(self, name: str, mask: Tensor) -> bool | None:
+        """Whether op ``name``'s mask has the layout sparse hardware needs (N:M patterns);
+        None where the notion does not apply."""
+        return None
+
     def skip(self, name: str, reason: str) -> None:
         """Leave op ``name`` unpruned, with the reason kept for reports."""
         self.skipped[name] = reason

@@ -1,0 +1,479 @@
+"""The Pruner: the one place that changes a model.
+
+It validates every config and selects every op before it touches anything; then, step by
+step, it asks each config's schedule for the target, its criterion for scores and its
+pattern for masks, and applies them.
+
+How masks live on a module (chosen so that ``copy.deepcopy``, ``pickle``, ``torch.save``,
+``state_dict()``/``load_state_dict()`` and ``torch.compile`` keep working on the plain model):
+
+* ``weight`` stays the module's own ``nn.Parameter`` (same class, same state-dict key);
+  removed weights are set to zero in place, so the forward pass needs no hook;
+* the mask is a non-persistent bool buffer ``weight_mask`` (copied by deepcopy and pickle,
+  left out of the model's ``state_dict`` so plain models load it; the Pruner's own
+  ``state_dict``/``save_masks`` carry masks);
+* a gradient hook multiplies the weight's gradient by the mask, so no optimizer step can
+  move a removed weight: its gradient is zero and, when the Pruner knows the optimizer, its
+  momentum and Adam moments are zeroed when it is removed. ``step()`` also zeroes removed
+  weights again after every optimizer step, whatever the optimizer did.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from prunekit.config import PruningConfig, load_configs
+from prunekit.errors import PrunekitError
+from prunekit.patterns.base import Pattern
+from prunekit.registry import CRITERIA, PATTERNS, SCHEDULES
+from prunekit.report import OpReport, PruningReport
+from prunekit.selection_ops import select_all
+
+MASK_BUFFER = "weight_mask"
+BIAS_MASK_BUFFER = "bias_mask"
+STATE_FORMAT = "prunekit.Pruner"
+STATE_VERSION = 1
+
+
+class MaskFileError(PrunekitError, ValueError):
+    """Masks (from a file or a state dict) that do not fit the Pruner's ops."""
+
+
+class _GradMask:
+    """Gradient hook: removed weights get no gradient. A class, not a lambda, so that a
+    model carrying it stays picklable."""
+
+    def __init__(self, module: nn.Module, buffer: str) -> None:
+        self.module = module
+        self.buffer = buffer
+
+    def __call__(self, grad: Tensor) -> Tensor:
+        mask: Tensor = getattr(self.module, self.buffer)
+        return grad * mask
+
+
+@dataclass
+class _Group:
+    """One config and everything the Pruner keeps for it."""
+
+    index: int
+    config: PruningConfig
+    ops: dict[str, nn.Module]
+    pattern: Pattern
+    criterion: Callable[..., Tensor]
+    schedule: Callable[[int], float]
+    generator: torch.Generator
+    applied_target: float = 0.0
+    state: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def needs_grad(self) -> bool:
+        return bool(getattr(self.criterion, "needs_grad", False))
+
+    @property
+    def stateful(self) -> bool:
+        return bool(getattr(self.criterion, "stateful", False))
+
+
+ConfigInput = PruningConfig | Mapping[str, Any] | str | os.PathLike[str]
+
+
+class Pruner:
+    """Prunes ``model`` by one config or a list of them, each over its own ops.
+
+    ``optimizer`` (optional): its momentum and Adam moments of removed weights are zeroed
+    whenever masks change. Call :meth:`step` once per training step, after
+    ``optimizer.step()``; :meth:`remove` when done.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        configs: ConfigInput | Sequence[ConfigInput],
+        *,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
+        validated = load_configs(list(configs) if _is_sequence(configs) else configs)
+        chosen = select_all(model, validated)
+        groups: list[_Group] = []
+        for index, (config, ops) in enumerate(zip(validated, chosen, strict=True)):
+            pattern = PATTERNS[config.pattern](config, ops)
+            groups.append(
+                _Group(
+                    index=index,
+                    config=config,
+                    ops=ops,
+                    pattern=pattern,
+                    criterion=CRITERIA[config.criterion],
+                    schedule=SCHEDULES[config.schedule_name](config),
+                    generator=torch.Generator().manual_seed(config.seed),
+                )
+            )
+        for group in groups:
+            for name, module in group.ops.items():
+                for buffer in (MASK_BUFFER, BIAS_MASK_BUFFER):
+                    if hasattr(module, buffer):
+                        raise PrunekitError(
+                            f"op {name!r} already has an attribute {buffer!r} (is another "
+                            "Pruner or torch.nn.utils.prune attached?); remove it first"
+                        )
+        self.model = model
+        self.optimizer = optimizer
+        self.groups = groups
+        self.current_step = 0
+        self._hooks: dict[str, list[RemovableHandle]] = {}
+        self._removed = False
+
+    # -- what is there ------------------------------------------------------------------------
+    @property
+    def ops(self) -> dict[str, nn.Module]:
+        """Every op this Pruner prunes, by name, in config order."""
+        return {name: module for group in self.groups for name, module in group.ops.items()}
+
+    @property
+    def masks(self) -> dict[str, Tensor]:
+        """Op name -> current bool mask of its weight (True = keep); all True before pruning."""
+        found = {}
+        for name, module in self.ops.items():
+            mask = getattr(module, MASK_BUFFER, None)
+            found[name] = (
+                mask
+                if isinstance(mask, Tensor)
+                else torch.ones_like(module.weight, dtype=torch.bool)
+            )
+        return found
+
+    # -- pruning ------------------------------------------------------------------------------
+    def step(self) -> None:
+        """Follow the schedule one training step: update masks when the target rises, keep
+        removed weights at zero. Call after ``optimizer.step()``."""
+        self._check_attached()
+        states: dict[int, dict[str, Tensor]] = {}
+        updates: dict[int, tuple[float, dict[str, Tensor]]] = {}
+        for group in self.groups:  # compute everything first: a failure changes nothing
+            if group.stateful:
+                states[group.index] = self._scores(group, use_state=True)
+            target = group.schedule(self.current_step)
+            if target > group.applied_target + 1e-12:
+                scores = (
+                    states[group.index] if group.stateful else self._scores(group, use_state=False)
+                )
+                updates[group.index] = (target, self._masks_for(group, scores, target))
+        for index, state in states.items():
+            self.groups[index].state = state
+        for index, (target, masks) in updates.items():
+            self._apply(self.groups[index], masks)
+            self.groups[index].applied_target = target
+        self._enforce()
+        self.current_step += 1
+
+    def prune_now(self, target: float | None = None) -> None:
+        """Reach ``target`` (default: each config's ``target_sparsity``) at once, with each
+        config's criterion. Used by :func:`prune`; criteria that need gradients need a
+        backward pass first."""
+        self._check_attached()
+        updates = []
+        for group in self.groups:
+            goal = group.config.target_sparsity if target is None else target
+            scores = self._scores(group, use_state=False)
+            updates.append((group, goal, self._masks_for(group, scores, goal)))
+        for group, goal, masks in updates:
+            self._apply(group, masks)
+            group.applied_target = max(group.applied_target, goal)
+        self._enforce()
+
+    def _scores(self, group: _Group, *, use_state: bool) -> dict[str, Tensor]:
+        scores = {}
+        for name, module in group.ops.items():
+            weight = module.weight
+            grad = weight.grad if group.needs_grad else None
+            if group.needs_grad and grad is None:
+                raise PrunekitError(
+                    f"criterion {group.config.criterion!r} needs gradients, but op {name!r} "
+                    "has none: call pruner.step() after loss.backward() and optimizer.step(), "
+                    "before optimizer.zero_grad()"
+                )
+            scores[name] = group.criterion(
+                weight.detach(),
+                grad=None if grad is None else grad.detach(),
+                state=group.state.get(name) if use_state else None,
+                generator=group.generator,
+            )
+        return scores
+
+    def _masks_for(
+        self, group: _Group, scores: dict[str, Tensor], target: float
+    ) -> dict[str, Tensor]:
+        current = {
+            name: getattr(m, MASK_BUFFER)
+            for name, m in group.ops.items()
+            if hasattr(m, MASK_BUFFER)
+        }
+        return group.pattern.get_masks(scores, target, pre_masks=current or None)
+
+    def _apply(self, group: _Group, masks: Mapping[str, Tensor]) -> None:
+        for name, mask in masks.items():
+            module = group.ops[name]
+            if hasattr(module, MASK_BUFFER):
+                getattr(module, MASK_BUFFER).copy_(mask)
+            elif bool(mask.all()):
+                continue  # nothing removed yet: attach nothing
+            else:
+                self._attach(name, module, group.config, mask)
+            self._zero_optimizer_state(module, mask)
+
+    def _attach(self, name: str, module: nn.Module, config: PruningConfig, mask: Tensor) -> None:
+        module.register_buffer(MASK_BUFFER, mask.clone(), persistent=False)
+        handles = [module.weight.register_hook(_GradMask(module, MASK_BUFFER))]
+        bias = getattr(module, "bias", None)
+        if config.prune_bias and isinstance(bias, Tensor):
+            module.register_buffer(
+                BIAS_MASK_BUFFER, torch.ones_like(bias, dtype=torch.bool), persistent=False
+            )
+            handles.append(bias.register_hook(_GradMask(module, BIAS_MASK_BUFFER)))
+        self._hooks[name] = handles
+
+    def _enforce(self) -> None:
+        """Removed weights (and biases of removed output channels) read as zero."""
+        with torch.no_grad():
+            for module in self.ops.values():
+                mask = getattr(module, MASK_BUFFER, None)
+                if not isinstance(mask, Tensor):
+                    continue
+                module.weight.mul_(mask)
+                bias_mask = getattr(module, BIAS_MASK_BUFFER, None)
+                if isinstance(bias_mask, Tensor):
+                    bias_mask.copy_(_output_channels_kept(module, mask))
+                    module.bias.mul_(bias_mask)
+
+    def _zero_optimizer_state(self, module: nn.Module, mask: Tensor) -> None:
+        if self.optimizer is None:
+            return
+        state = self.optimizer.state.get(module.weight, {})
+        with torch.no_grad():
+            for value in state.values():
+                if isinstance(value, Tensor) and value.shape == mask.shape:
+                    value.mul_(mask)
+
+    # -- leaving ------------------------------------------------------------------------------
+    def remove(self) -> nn.Module:
+        """Bake the masks into the weights and detach: the model is a plain model again."""
+        self._check_attached()
+        self._enforce()
+        for name, module in self.ops.items():
+            for handle in self._hooks.pop(name, []):
+                handle.remove()
+            for buffer in (MASK_BUFFER, BIAS_MASK_BUFFER):
+                if buffer in module._buffers:
+                    del module._buffers[buffer]
+        self._removed = True
+        return self.model
+
+    def _check_attached(self) -> None:
+        if self._removed:
+            raise PrunekitError("this Pruner was removed; create a new one to prune again")
+
+    # -- reports ------------------------------------------------------------------------------
+    def report(self) -> PruningReport:
+        """Per op and in total: pattern, target, achieved sparsity, hardware validity, notes."""
+        ops = []
+        masks = self.masks
+        for group in self.groups:
+            for name, module in group.ops.items():
+                mask = masks[name]
+                note = group.pattern.skipped.get(name, "")
+                valid = group.pattern.is_hardware_valid(name, mask)
+                if valid is False and not note and group.applied_target > 0:
+                    note = "not hardware-valid: some groups are not N:M"
+                ops.append(
+                    OpReport(
+                        name=name,
+                        config=group.index,
+                        pattern=group.config.pattern,
+                        scope=group.config.pruning_scope,
+                        module=type(module).__name__,
+                        shape=tuple(mask.shape),
+                        elements=mask.numel(),
+                        removed=int((~mask).sum()),
+                        target=group.applied_target,
+                        hardware_valid=valid,
+                        note=f"skipped: {note}" if name in group.pattern.skipped else note,
+                    )
+                )
+        return PruningReport(step=self.current_step, ops=tuple(ops))
+
+    # -- persistence --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Masks, schedule position and criterion state: what :meth:`load_state_dict` needs
+        to resume exactly where this Pruner is."""
+        return {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "step": self.current_step,
+            "configs": [group.config.model_dump() for group in self.groups],
+            "applied_targets": [group.applied_target for group in self.groups],
+            "masks": {name: mask.clone() for name, mask in self.masks.items()},
+            "criterion_state": {
+                name: t.clone() for g in self.groups for name, t in g.state.items()
+            },
+            "generators": [group.generator.get_state() for group in self.groups],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume from :meth:`state_dict`; checked in full before anything changes."""
+        self._check_attached()
+        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
+            raise MaskFileError(f"not a prunekit Pruner state dict (no 'format': {STATE_FORMAT!r})")
+        if state.get("version") != STATE_VERSION:
+            raise MaskFileError(
+                f"Pruner state version {state.get('version')!r}; this prunekit "
+                f"reads version {STATE_VERSION}"
+            )
+        saved = state.get("configs", [])
+        mine = [group.config.model_dump() for group in self.groups]
+        if saved != mine:
+            raise MaskFileError(_config_difference(saved, mine))
+        masks = self._check_masks(state["masks"], "state dict")
+        criterion_state = dict(state.get("criterion_state", {}))
+        for name, value in criterion_state.items():
+            if name not in self.ops or tuple(value.shape) != tuple(self.ops[name].weight.shape):
+                raise MaskFileError(
+                    f"state dict: criterion state for {name!r} does not fit the Pruner's ops"
+                )
+        self._load_masks(masks)
+        for group, target, generator in zip(
+            self.groups, state["applied_targets"], state["generators"], strict=True
+        ):
+            group.applied_target = float(target)
+            group.state = {
+                n: criterion_state[n].to(m.weight.device)
+                for n, m in group.ops.items()
+                if n in criterion_state
+            }
+            group.generator.set_state(generator)
+        self.current_step = int(state["step"])
+
+    def save_masks(self, path: str | os.PathLike[str]) -> None:
+        """Write every op's mask to a safetensors file (no pickle), named by op."""
+        from safetensors.torch import save_file
+
+        tensors = {name: mask.detach().to("cpu").contiguous() for name, mask in self.masks.items()}
+        save_file(
+            tensors,
+            os.fspath(path),
+            metadata={
+                "format": "prunekit-masks",
+                "version": str(STATE_VERSION),
+                "step": str(self.current_step),
+            },
+        )
+
+    def load_masks(self, path: str | os.PathLike[str]) -> None:
+        """Read masks written by :meth:`save_masks`; every op must be there with its
+        weight's shape, or nothing changes and the error lists what is wrong."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        self._check_attached()
+        try:
+            loaded = load_file(os.fspath(path))
+        except (OSError, SafetensorError) as exc:
+            raise MaskFileError(f"cannot read masks from {os.fspath(path)!r}: {exc}") from None
+        self._load_masks(self._check_masks(loaded, os.fspath(path)))
+
+    def _check_masks(self, masks: Mapping[str, Tensor], source: str) -> dict[str, Tensor]:
+        ops = self.ops
+        problems = []
+        missing = [n for n in ops if n not in masks]
+        extra = [n for n in masks if n not in ops]
+        if missing:
+            problems.append(f"missing masks for {', '.join(map(repr, missing))}")
+        if extra:
+            problems.append(
+                f"masks for ops this Pruner does not prune: {', '.join(map(repr, extra))}"
+            )
+        for name in ops:
+            if name not in masks:
+                continue
+            mask = masks[name]
+            shape = tuple(ops[name].weight.shape)
+            if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+                problems.append(
+                    f"{name!r}: expected a bool mask, got "
+                    f"{getattr(mask, 'dtype', type(mask).__name__)}"
+                )
+            elif tuple(mask.shape) != shape:
+                problems.append(
+                    f"{name!r}: mask shape {tuple(mask.shape)} does not match the "
+                    f"weight's shape {shape}"
+                )
+        if problems:
+            raise MaskFileError(f"{source}: " + "; ".join(problems) + ". Nothing was changed.")
+        return {name: masks[name].to(ops[name].weight.device) for name in ops}
+
+    def _load_masks(self, masks: Mapping[str, Tensor]) -> None:
+        for group in self.groups:
+            for name, module in group.ops.items():
+                mask = masks[name]
+                if hasattr(module, MASK_BUFFER):
+                    getattr(module, MASK_BUFFER).copy_(mask)
+                elif not bool(mask.all()):
+                    self._attach(name, module, group.config, mask)
+                self._zero_optimizer_state(module, mask)
+        self._enforce()
+
+    def __repr__(self) -> str:
+        configs = ", ".join(f"{g.config.pattern}@{g.config.target_sparsity:g}" for g in self.groups)
+        return f"Pruner({len(self.ops)} ops, configs=[{configs}], step={self.current_step})"
+
+
+def _output_channels_kept(module: nn.Module, mask: Tensor) -> Tensor:
+    """Per output channel: does any of its weights stay? (ConvTranspose: dim 1 is out.)"""
+    out_dim = 1 if isinstance(module, nn.modules.conv._ConvTransposeNd) else 0
+    other = tuple(d for d in range(mask.dim()) if d != out_dim)
+    kept = mask.any(dim=other)
+    if isinstance(module, nn.modules.conv._ConvTransposeNd) and module.groups > 1:
+        kept = kept.repeat(module.groups)
+    return kept
+
+
+def _is_sequence(value: object) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+
+
+def _config_difference(
+    saved: Sequence[Mapping[str, Any]], mine: Sequence[Mapping[str, Any]]
+) -> str:
+    if len(saved) != len(mine):
+        return (
+            f"state dict was made for {len(saved)} config(s), this Pruner has {len(mine)}; "
+            "build the Pruner with the same configs to resume"
+        )
+    for index, (old, new) in enumerate(zip(saved, mine, strict=True)):
+        for key in new:
+            if old.get(key) != new[key]:
+                return (
+                    f"state dict was made with a different config {index}: {key} = "
+                    f"{old.get(key)!r} there, {new[key]!r} here; build the Pruner with the "
+                    "same configs to resume"
+                )
+    return "state dict configs differ from this Pruner's"
+
+
+def prune(model: nn.Module, config: ConfigInput | Sequence[ConfigInput]) -> Pruner:
+    """One-shot pruning: each config's criterion (magnitude by default) scores the weights,
+    masks at each config's ``target_sparsity`` are applied at once. Returns the Pruner
+    (``pruner.remove()`` makes the model plain again)."""
+    pruner = Pruner(model, config)
+    pruner.prune_now()
+    return pruner
+
+
+__all__ = ["MaskFileError", "Pruner", "prune"]

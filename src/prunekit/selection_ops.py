@@ -1,0 +1,79 @@
+"""Which modules of a model a config prunes: names (regular expressions) and types.
+
+``op_names`` and ``excluded_op_names`` are regular expressions searched in each module's
+qualified name (``re.search``, so ``"fc"`` matches ``"encoder.fc1"``; anchor with ``^``/``$``
+for exact names). ``pruning_op_types`` are class names or prefixes (``"Conv"`` matches
+``Conv1d``, ``Conv2d``, ``ConvTranspose2d``). Only modules with a tensor ``weight`` of at
+least two dims are prunable.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from prunekit.config import PruningConfig
+from prunekit.errors import PrunekitError
+
+
+class OpSelectionError(PrunekitError, ValueError):
+    """A config that selects no op, or two configs that claim the same op."""
+
+
+def prunable_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every module with a tensor ``weight`` of two dims or more, by qualified name."""
+    found: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, Tensor) and weight.dim() >= 2:
+            found[name] = module
+    return found
+
+
+def _type_matches(module: nn.Module, type_names: Sequence[str]) -> bool:
+    cls_name = type(module).__name__
+    return any(cls_name == t or cls_name.startswith(t) for t in type_names) or any(
+        base.__name__ in type_names for base in type(module).__mro__
+    )
+
+
+def select_ops(model: nn.Module, config: PruningConfig) -> dict[str, nn.Module]:
+    """The modules ``config`` prunes, in the model's order; an error when there are none."""
+    candidates = prunable_modules(model)
+    include = [re.compile(p) for p in config.op_names]
+    exclude = [re.compile(p) for p in config.excluded_op_names]
+    selected = {
+        name: module
+        for name, module in candidates.items()
+        if _type_matches(module, config.pruning_op_types)
+        and (not include or any(p.search(name) for p in include))
+        and not any(p.search(name) for p in exclude)
+    }
+    if not selected:
+        listing = ", ".join(f"{n} ({type(m).__name__})" for n, m in candidates.items()) or "none"
+        raise OpSelectionError(
+            f"config with pattern {config.pattern!r} selects no op: op_names="
+            f"{config.op_names}, excluded_op_names={config.excluded_op_names}, "
+            f"pruning_op_types={config.pruning_op_types}. The model's prunable modules: {listing}"
+        )
+    return selected
+
+
+def select_all(model: nn.Module, configs: Sequence[PruningConfig]) -> list[dict[str, nn.Module]]:
+    """Each config's ops; an op claimed by two configs is an error naming both."""
+    chosen = [select_ops(model, config) for config in configs]
+    owner: dict[str, int] = {}
+    for index, ops in enumerate(chosen):
+        for name in ops:
+            if name in owner:
+                first = owner[name]
+                raise OpSelectionError(
+                    f"op {name!r} is claimed by config {first} (pattern "
+                    f"{configs[first].pattern!r}) and config {index} (pattern "
+                    f"{configs[index].pattern!r}); narrow op_names or add excluded_op_names so "
+                    "each op has one config"
+                )
+            owner[name] = index
+    return chosen
