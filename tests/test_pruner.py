@@ -313,3 +313,15 @@ def test_report_json_and_text() -> None:
     import json
 
     assert json.loads(report.to_json())["removed"] == report.removed
+
+
+def test_an_unreachable_target_is_refused_before_training() -> None:
+    conv = nn.Sequential(nn.Conv2d(1, 8, 3))  # 2-D view (8, 9): 2:4 leaves an edge column
+    with pytest.raises(pk.ImpossibleTargetError, match=r"allow at most 44\.44%"):
+        pk.Pruner(conv, {"pattern": "2:4", "target_sparsity": 0.5})
+    # 72 weights, max cap 0.89: at most floor(0.89 * 72) = 64 of them (88.89%) may go.
+    with pytest.raises(pk.ImpossibleTargetError, match=r"config 0 \(pattern '1x1'\)"):
+        pk.Pruner(
+            conv, {"pattern": "1x1", "target_sparsity": 0.89, "max_sparsity_ratio_per_op": 0.89}
+        )
+    assert not hasattr(conv[0], "weight_mask")

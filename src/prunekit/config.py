@@ -457,6 +457,13 @@ def load_config(
         raise ConfigError.from_validation_error(exc, label) from None
 
 
+def _labelled(data: Mapping[str, Any], label: str) -> PruningConfig:
+    try:
+        return load_config(data)
+    except ConfigError as exc:
+        raise ConfigError(exc.lines, label) from None
+
+
 def load_configs(source: Any) -> list[PruningConfig]:
     """Several configs: a list, INC's ``{"pruning_configs": [...], <shared defaults>}``, a
     single config, or a YAML/JSON file holding any of these. Shared defaults apply to every
@@ -473,7 +480,7 @@ def load_configs(source: Any) -> list[PruningConfig]:
         entries = data["pruning_configs"] or [{}]
         data = [{**shared, **dict(entry)} for entry in entries]
     if isinstance(data, Mapping):
-        data = [data]
+        return [load_config(data) if label == "config" else _labelled(data, label)]
     if not isinstance(data, Sequence) or isinstance(data, (str, bytes)):
         raise ConfigError(
             [f"config: expected a mapping or a list of mappings, got {type(data).__name__}"], label

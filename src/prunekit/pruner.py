@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from prunekit.config import PruningConfig, load_configs
-from prunekit.errors import PrunekitError
+from prunekit.errors import ImpossibleTargetError, PrunekitError
 from prunekit.patterns.base import Pattern
 from prunekit.registry import CRITERIA, PATTERNS, SCHEDULES
 from prunekit.report import OpReport, PruningReport
@@ -117,6 +117,14 @@ class Pruner:
                 )
             )
         for group in groups:
+            reachable = group.pattern.reachable_sparsity()
+            if group.config.target_sparsity > reachable + 1e-9:
+                raise ImpossibleTargetError(
+                    f"config {group.index} (pattern {group.config.pattern!r}): target_sparsity "
+                    f"{group.config.target_sparsity} cannot be reached on its ops: the pattern and "
+                    f"the per-op caps allow at most {reachable:.2%} (skipped ops, edge blocks "
+                    "and max_sparsity_ratio_per_op count); lower the target or change the ops"
+                )
             for name, module in group.ops.items():
                 for buffer in (MASK_BUFFER, BIAS_MASK_BUFFER):
                     if hasattr(module, buffer):

@@ -272,6 +272,21 @@ class Pattern:
             masks[name] = mask
         return masks
 
+    def reachable_sparsity(self) -> float:
+        """The highest sparsity the caps and the block layout allow over all ops (an upper
+        bound where block sizes differ): what a config's target must not exceed."""
+        if not self.layouts:
+            return 1.0 if type(self).layout is Pattern.layout else 0.0
+        total = sum(math.prod(shape) for shape in self.shapes.values())
+        removable = 0
+        for name, layout in self.layouts.items():
+            hi = self.block_caps(name, 0)[1]
+            if layout.sizes is None:
+                removable += hi * layout.block_size
+            else:
+                removable += int(torch.sort(layout.sizes, descending=True).values[:hi].sum())
+        return removable / total if total else 0.0
+
     # -- finer hooks of the block machinery (override to change one step) -------------------
     def block_scores(self, name: str, scores: Tensor, how: Reduce) -> Tensor:
         """1-D score per block of op ``name`` (default: the layout's reduction)."""
