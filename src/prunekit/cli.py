@@ -1,4 +1,4 @@
-"""The ``prunekit`` command: list patterns and plugins, print the config schema."""
+"""The ``prunekit`` command: list patterns and plugins, print the config schema, draw masks."""
 
 from __future__ import annotations
 
@@ -61,6 +61,37 @@ def _schema(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _show(args: argparse.Namespace, console: Console) -> int:
+    """Draw the mask a pattern makes on a small module; user errors are one line, exit 2."""
+    from prunekit.config import ConfigError
+    from prunekit.errors import PrunekitError
+    from prunekit.viz import option_values, save_mask_picture
+
+    try:
+        options = option_values(args.option)
+        picture = save_mask_picture(
+            args.output,
+            args.pattern,
+            args.module,
+            args.shape,
+            args.sparsity,
+            args.scope,
+            args.seed,
+            **options,
+        )
+    except ConfigError as exc:
+        return _fail("; ".join(exc.lines))
+    except (PrunekitError, ValueError, KeyError, ImportError, OSError) as exc:
+        return _fail(str(exc))
+    console.print(f"wrote {args.output}: {picture.summary()}", highlight=False, soft_wrap=True)
+    return 0
+
+
+def _fail(message: str) -> int:
+    sys.stderr.write(f"prunekit show: error: {' '.join(message.split())}\n")
+    return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prunekit", description="Neural-network pruning patterns as plugins for PyTorch."
@@ -75,6 +106,43 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.set_defaults(run=_plugins)
     schema = commands.add_parser("schema", help="print the config JSON Schema (for editors)")
     schema.set_defaults(run=_schema)
+    show = commands.add_parser(
+        "show",
+        help="draw the mask a pattern makes on a small weight (needs prunekit[viz])",
+        description="Draw the mask PATTERN makes on a small Linear or Conv weight with seeded "
+        "random scores: kept weights in blue, removed in light grey; conv filters are drawn "
+        "as rows of kernels, one per input channel. Needs matplotlib: "
+        "pip install 'prunekit[viz]'.",
+    )
+    show.add_argument("pattern", help="a pattern name or family spec: 4x1, 2:4, kernel, ...")
+    show.add_argument(
+        "--module",
+        choices=["linear", "conv1d", "conv2d", "conv3d"],
+        default="conv2d",
+        help="the module whose weight is drawn (default: conv2d)",
+    )
+    show.add_argument(
+        "--shape",
+        help="weight shape, comma-separated: linear out,in (default 8,12); conv2d "
+        "out,in,kh,kw (default 4,3,3,3); conv1d out,in,k; conv3d out,in,kd,kh,kw",
+    )
+    show.add_argument(
+        "--sparsity",
+        type=float,
+        default=None,
+        help="target sparsity in [0, 1) (default: the pattern's own, N/M for 2:4, else 0.5)",
+    )
+    show.add_argument("--scope", choices=["local", "global"], default="local")
+    show.add_argument("--seed", type=int, default=0, help="seed of the random scores (0)")
+    show.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a pattern option, repeatable; values are JSON when they parse (blocks=4)",
+    )
+    show.add_argument("-o", "--output", required=True, help="the picture file to write (.png)")
+    show.set_defaults(run=_show)
     return parser
 
 
