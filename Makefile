@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests plugins examples benchmarks
+	$(BIN)/ruff check src tests plugins examples benchmarks docs
 	$(BIN)/mypy
 
 bench: $(STAMP)

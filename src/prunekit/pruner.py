@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch import Tensor, nn
@@ -154,7 +154,7 @@ class Pruner:
             found[name] = (
                 mask
                 if isinstance(mask, Tensor)
-                else torch.ones_like(module.weight, dtype=torch.bool)
+                else torch.ones_like(_tensor(module, "weight"), dtype=torch.bool)
             )
         return found
 
@@ -200,7 +200,7 @@ class Pruner:
     def _scores(self, group: _Group, *, use_state: bool) -> dict[str, Tensor]:
         scores = {}
         for name, module in group.ops.items():
-            weight = module.weight
+            weight = _tensor(module, "weight")
             grad = weight.grad if group.needs_grad else None
             if group.needs_grad and grad is None:
                 raise PrunekitError(
@@ -239,13 +239,15 @@ class Pruner:
 
     def _attach(self, name: str, module: nn.Module, config: PruningConfig, mask: Tensor) -> None:
         module.register_buffer(MASK_BUFFER, mask.clone(), persistent=False)
-        handles = [module.weight.register_hook(_GradMask(module, MASK_BUFFER))]
+        weight_hook = _GradMask(module, MASK_BUFFER)
+        handles = [_tensor(module, "weight").register_hook(weight_hook)]  # type: ignore[no-untyped-call]
         bias = getattr(module, "bias", None)
         if config.prune_bias and isinstance(bias, Tensor):
             module.register_buffer(
                 BIAS_MASK_BUFFER, torch.ones_like(bias, dtype=torch.bool), persistent=False
             )
-            handles.append(bias.register_hook(_GradMask(module, BIAS_MASK_BUFFER)))
+            bias_hook = _GradMask(module, BIAS_MASK_BUFFER)
+            handles.append(bias.register_hook(bias_hook))  # type: ignore[no-untyped-call]
         self._hooks[name] = handles
 
     def _enforce(self) -> None:
@@ -255,16 +257,16 @@ class Pruner:
                 mask = getattr(module, MASK_BUFFER, None)
                 if not isinstance(mask, Tensor):
                     continue
-                module.weight.mul_(mask)
+                _tensor(module, "weight").mul_(mask)
                 bias_mask = getattr(module, BIAS_MASK_BUFFER, None)
                 if isinstance(bias_mask, Tensor):
                     bias_mask.copy_(_output_channels_kept(module, mask))
-                    module.bias.mul_(bias_mask)
+                    _tensor(module, "bias").mul_(bias_mask)
 
     def _zero_optimizer_state(self, module: nn.Module, mask: Tensor) -> None:
         if self.optimizer is None:
             return
-        state = self.optimizer.state.get(module.weight, {})
+        state = self.optimizer.state.get(_tensor(module, "weight"), {})
         with torch.no_grad():
             for value in state.values():
                 if isinstance(value, Tensor) and value.shape == mask.shape:
@@ -351,7 +353,9 @@ class Pruner:
         masks = self._check_masks(state["masks"], "state dict")
         criterion_state = dict(state.get("criterion_state", {}))
         for name, value in criterion_state.items():
-            if name not in self.ops or tuple(value.shape) != tuple(self.ops[name].weight.shape):
+            if name not in self.ops or tuple(value.shape) != tuple(
+                _tensor(self.ops[name], "weight").shape
+            ):
                 raise MaskFileError(
                     f"state dict: criterion state for {name!r} does not fit the Pruner's ops"
                 )
@@ -361,7 +365,7 @@ class Pruner:
         ):
             group.applied_target = float(target)
             group.state = {
-                n: criterion_state[n].to(m.weight.device)
+                n: criterion_state[n].to(_tensor(m, "weight").device)
                 for n, m in group.ops.items()
                 if n in criterion_state
             }
@@ -411,7 +415,7 @@ class Pruner:
             if name not in masks:
                 continue
             mask = masks[name]
-            shape = tuple(ops[name].weight.shape)
+            shape = tuple(_tensor(ops[name], "weight").shape)
             if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
                 problems.append(
                     f"{name!r}: expected a bool mask, got "
@@ -424,7 +428,7 @@ class Pruner:
                 )
         if problems:
             raise MaskFileError(f"{source}: " + "; ".join(problems) + ". Nothing was changed.")
-        return {name: masks[name].to(ops[name].weight.device) for name in ops}
+        return {name: masks[name].to(_tensor(ops[name], "weight").device) for name in ops}
 
     def _load_masks(self, masks: Mapping[str, Tensor]) -> None:
         for group in self.groups:
@@ -442,6 +446,13 @@ class Pruner:
         return f"Pruner({len(self.ops)} ops, configs=[{configs}], step={self.current_step})"
 
 
+def _tensor(module: nn.Module, name: str) -> Tensor:
+    """``module.<name>`` as a tensor (typed: nn.Module attributes are Tensor | Module)."""
+    value = getattr(module, name)
+    assert isinstance(value, Tensor), f"{type(module).__name__}.{name} is not a tensor"
+    return value
+
+
 def _output_channels_kept(module: nn.Module, mask: Tensor) -> Tensor:
     """Per output channel: does any of its weights stay? (ConvTranspose: dim 1 is out.)"""
     out_dim = 1 if isinstance(module, nn.modules.conv._ConvTransposeNd) else 0
@@ -452,7 +463,7 @@ def _output_channels_kept(module: nn.Module, mask: Tensor) -> Tensor:
     return kept
 
 
-def _is_sequence(value: object) -> bool:
+def _is_sequence(value: object) -> TypeGuard[Sequence[Any]]:
     return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -117,16 +118,6 @@ class PruningReport:
         return table
 
     def __str__(self) -> str:
-        console = Console(width=140, record=True, file=_Null())
+        console = Console(width=140, record=True, file=io.StringIO())
         console.print(self.table())
         return console.export_text()
-
-
-class _Null:
-    """A file that swallows output: rich records the text for ``export_text``."""
-
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        pass

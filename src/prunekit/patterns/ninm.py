@@ -96,7 +96,7 @@ class NInMPattern(Pattern):
     def default_target(cls, spec: str) -> float | None:
         """N/M: a config that says only ``"2:4"`` asks for the hardware layout."""
         params = cls.parse_spec(spec)
-        return float(params["n"]) / params["m"]
+        return float(params["n"]) / float(params["m"])
 
     @classmethod
     def check_config(cls, config: PruningConfig) -> dict[str, str]:
@@ -113,7 +113,7 @@ class NInMPattern(Pattern):
     @property
     def ratio(self) -> float:
         """N/M: the highest sparsity, reached when every group is N:M."""
-        return float(self.params["n"]) / self.params["m"]
+        return float(self.params["n"]) / float(self.params["m"])
 
     def layout(self, name: str, module: nn.Module) -> BlockLayout | None:
         layout = GroupLayout(self.shapes[name], self.params["n"], self.params["m"])
@@ -145,7 +145,7 @@ class NInMPattern(Pattern):
 
     def _groups_at(self, name: str, sparsity: float) -> float:
         """How many pruned groups (of N removed weights each) make ``sparsity`` of op ``name``."""
-        return sparsity * math.prod(self.shapes[name]) / self.params["n"]
+        return float(sparsity * math.prod(self.shapes[name]) / int(self.params["n"]))
 
     def block_caps(self, name: str, pre_removed: int) -> tuple[int, int]:
         """The ratio caps are on the op's sparsity, so in groups they scale by elements / N."""
@@ -163,8 +163,9 @@ class NInMPattern(Pattern):
     def removed_blocks(self, name: str, pre_mask: Tensor) -> Tensor:
         layout = self.layouts[name]
         assert isinstance(layout, GroupLayout)
-        removed = (~layout.grouped(pre_mask)).sum(dim=2)
-        return (removed >= self.params["n"]).reshape(-1)
+        removed: Tensor = (~layout.grouped(pre_mask)).sum(dim=2)
+        full: Tensor = removed >= int(self.params["n"])
+        return full.reshape(-1)
 
     def expand_blocks(
         self, name: str, keep_blocks: Tensor, scores: Tensor, pre_mask: Tensor | None
