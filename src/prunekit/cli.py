@@ -87,8 +87,23 @@ def _show(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _fail(message: str) -> int:
-    sys.stderr.write(f"prunekit show: error: {' '.join(message.split())}\n")
+def _plot_schedule(args: argparse.Namespace, console: Console) -> int:
+    """Draw each config's target over steps; user errors are one line, exit 2."""
+    from prunekit.config import ConfigError
+    from prunekit.schedule_plot import save_schedule_plot
+
+    try:
+        path = save_schedule_plot(args.output, args.config, args.steps)
+    except ConfigError as exc:
+        return _fail("; ".join(exc.lines), "plot-schedule")
+    except (ValueError, KeyError, ImportError, OSError) as exc:
+        return _fail(str(exc), "plot-schedule")
+    console.print(f"wrote {path}", highlight=False)
+    return 0
+
+
+def _fail(message: str, command: str = "show") -> int:
+    sys.stderr.write(f"prunekit {command}: error: {' '.join(message.split())}\n")
     return 2
 
 
@@ -143,6 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument("-o", "--output", required=True, help="the picture file to write (.png)")
     show.set_defaults(run=_show)
+    plot = commands.add_parser(
+        "plot-schedule",
+        help="draw the target sparsity over steps of a config file (needs prunekit[viz])",
+    )
+    plot.add_argument("config", help="a YAML/JSON config file (one config or several)")
+    plot.add_argument("--steps", type=int, default=None, help="steps to draw (default: auto)")
+    plot.add_argument("-o", "--output", required=True, help="the picture file to write (.png)")
+    plot.set_defaults(run=_plot_schedule)
     return parser
 
 
