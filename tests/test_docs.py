@@ -57,3 +57,11 @@ def test_readme_example_runs_and_prunes() -> None:
     assert isinstance(model, torch.nn.Module)
     zeros = sum(int((p == 0).sum()) for n, p in model.named_parameters() if n.endswith("weight"))
     assert zeros >= removed
+
+
+def test_every_config_field_is_in_the_config_table() -> None:
+    from prunekit.config import PruningConfig
+
+    text = (ROOT / "docs" / "config.md").read_text()
+    rows = set(re.findall(r"^\| `([a-z_]+)`", text, flags=re.M))
+    assert set(PruningConfig.model_fields) <= rows, set(PruningConfig.model_fields) - rows
