@@ -24,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from prunekit.errors import ImpossibleTargetError, ScoreError, UnsupportedModuleError
+from prunekit.patterns.fastselect import FastOp, global_select
+from prunekit.patterns.fastselect import lowest_k as fast_lowest_k
 from prunekit.patterns.layout import BlockLayout, Reduce
 from prunekit.patterns.selection import (
     OpBlocks,
@@ -243,15 +245,86 @@ class Pattern:
         target = self.check_target(target_sparsity)
         self.check_inputs(scores, pre_masks)
         pre = dict(pre_masks or {})
-        dtype = key_dtype_for(
-            torch.float64
-            if any(scores[n].dtype == torch.float64 for n in self.layouts)
-            else torch.float32
-        )
         how: Reduce = getattr(self.options, "criterion_reduce_type", "mean")
         names = list(self.layouts)
-        prepared = {n: scores[n].to(dtype) for n in names}
-        ops = [self._op_blocks(n, prepared[n], pre.get(n), how) for n in names]
+        removed = self._fast_removed(names, scores, pre, how, target)
+        if removed is None:
+            removed = self._exact_removed(names, scores, pre, how, target)
+        masks: Masks = {}
+        for name in self.shapes:
+            if name in self.layouts:
+                block_scores = scores[name]
+                mask = self.expand_blocks(name, ~removed[name], block_scores, pre.get(name))
+            else:
+                mask = torch.ones(self.shapes[name], dtype=torch.bool, device=scores[name].device)
+            if name in pre:
+                mask = mask & pre[name].to(mask.device)
+            masks[name] = mask
+        return masks
+
+    def _fast_removed(
+        self,
+        names: list[str],
+        scores: Mapping[str, Tensor],
+        pre: Mapping[str, Tensor],
+        how: Reduce,
+        target: float,
+    ) -> dict[str, Tensor] | None:
+        """Removed blocks per op by counting (:mod:`~prunekit.patterns.fastselect`), or None
+        when a layout has blocks of different sizes (partial edges) or a pre-removed block
+        would tie with a ``-inf`` score: the exact radix path handles those."""
+        if any(self.layouts[n].sizes is not None for n in names):
+            return None
+        ops: list[FastOp] = []
+        for name in names:
+            values = self._block_values(name, scores[name], how)
+            removed_before = 0
+            if name in pre:
+                fully = self.removed_blocks(name, pre[name].to(values.device))
+                removed_before = int(fully.sum())
+                if removed_before:
+                    if bool(torch.isneginf(values).any()):
+                        return None
+                    values = values.clone()
+                    values[fully] = float("-inf")
+            lo, hi = self.block_caps(name, removed_before)
+            ops.append(FastOp(values, self.layouts[name].block_size, lo, hi))
+        if self.config.pruning_scope == "local":
+            counts = [
+                self.local_block_count(n, _as_op_blocks(op), target)
+                for n, op in zip(names, ops, strict=True)
+            ]
+            return {
+                n: fast_lowest_k(op.values, k) for n, op, k in zip(names, ops, counts, strict=True)
+            }
+        total = sum(self.layout_elements(n) for n in names)
+        chosen = global_select(ops, round(target * total), total)
+        return dict(zip(names, chosen, strict=True))
+
+    def _block_values(self, name: str, scores: Tensor, how: Reduce) -> Tensor:
+        """1-D block scores, checked for the NaN a block mixing +inf and -inf makes."""
+        values = self.block_scores(name, scores, how).reshape(-1)
+        reduced = values.data_ptr() != scores.data_ptr()
+        if reduced and torch.isnan(values.sum()) and bool(torch.isnan(values).any()):
+            raise ScoreError(
+                f"scores[{name!r}]: a block mixes +inf and -inf, so its {how} is "
+                "undefined; use criterion_reduce_type='max' or finite scores"
+            )
+        return values
+
+    def _exact_removed(
+        self,
+        names: list[str],
+        scores: Mapping[str, Tensor],
+        pre: Mapping[str, Tensor],
+        how: Reduce,
+        target: float,
+    ) -> dict[str, Tensor]:
+        """Removed blocks per op by the radix search on sortable keys (any block sizes)."""
+        dtype = key_dtype_for(
+            torch.float64 if any(scores[n].dtype == torch.float64 for n in names) else torch.float32
+        )
+        ops = [self._op_blocks(n, scores[n].to(dtype), pre.get(n), how) for n in names]
         if self.config.pruning_scope == "local":
             counts = [
                 self.local_block_count(n, op, target) for n, op in zip(names, ops, strict=True)
@@ -259,18 +332,7 @@ class Pattern:
         else:
             total = sum(self.layout_elements(n) for n in names)
             counts = global_counts(ops, round(target * total), total)
-        masks: Masks = {}
-        for name in self.shapes:
-            if name in self.layouts:
-                i = names.index(name)
-                keep_blocks = ~lowest_k(ops[i].keys, counts[i])
-                mask = self.expand_blocks(name, keep_blocks, prepared[name], pre.get(name))
-            else:
-                mask = torch.ones(self.shapes[name], dtype=torch.bool, device=scores[name].device)
-            if name in pre:
-                mask = mask & pre[name].to(mask.device)
-            masks[name] = mask
-        return masks
+        return {n: lowest_k(op.keys, k) for n, op, k in zip(names, ops, counts, strict=True)}
 
     def reachable_sparsity(self) -> float:
         """The highest sparsity the caps and the block layout allow over all ops (an upper
@@ -345,6 +407,11 @@ class Pattern:
             f"{type(self).__name__}(pattern={self.config.pattern!r}, "
             f"scope={self.config.pruning_scope!r}, ops={list(self.shapes)})"
         )
+
+
+def _as_op_blocks(op: FastOp) -> OpBlocks:
+    """The view of a counting op that the ``local_block_count`` hook takes."""
+    return OpBlocks(op.values, None, op.size, op.lo, op.hi)
 
 
 def _weight(module: nn.Module) -> Tensor:

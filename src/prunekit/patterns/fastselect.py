@@ -1,0 +1,230 @@
+"""Exact block selection by counting, near the memory-bandwidth floor.
+
+Which blocks to remove is decided by a threshold on the block scores. A full sort, or one
+``kthvalue`` over every score, costs far more than reading the scores once; here the
+threshold is found in a few passes that only *compare and count*:
+
+1. a small uniform **sample** of the scores (a few hundred thousand values) estimates where
+   the threshold lies, caps included, and gives a narrow **bracket** ``[a, b)`` around it;
+2. one **pass** per op counts the blocks below ``a``, keeps the comparison ``>= b`` (the bulk
+   of the mask) and gathers the few **candidates** in ``[a, b)``;
+3. the candidates alone (sorted by score, then op, then index) settle the exact count of
+   every op under its caps, and which candidates go.
+
+The answer never depends on the sample: a bracket that misses the threshold (rare) is
+detected by the exact counts and widened, and the result is the same exact selection as
+the reference in :mod:`prunekit.patterns.selection` (ties to the earlier op, then the lower
+index; the total nearest to the target in whole blocks, half-way to fewer). Extra memory is
+one bool per block of the op being counted plus the candidates.
+
+This path handles blocks of equal size within each op (every divisible shape); layouts with
+partial edge blocks use the radix search in :mod:`prunekit.patterns.selection`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from prunekit.errors import ImpossibleTargetError
+
+# Sample sizes: a bracket of +-MARGIN_SIGMAS standard deviations of the sample quantile holds
+# the threshold with overwhelming probability and about 10/sqrt(S) of the blocks.
+GLOBAL_SAMPLE = 1 << 18
+LOCAL_SAMPLE = 1 << 14
+MARGIN_SIGMAS = 5.0
+_SEED = 0x5EED
+
+
+@dataclass
+class FastOp:
+    """One op's block scores for the counting selection.
+
+    ``values``: 1-D block scores (any float dtype; pre-removed blocks already set to -inf).
+    ``size``: elements per block. ``lo``/``hi``: blocks the op must / may remove.
+    """
+
+    values: Tensor
+    size: int
+    lo: int
+    hi: int
+
+    @property
+    def count(self) -> int:
+        return self.values.numel()
+
+
+@dataclass
+class _Pass:
+    """What one counting pass learned about one op for a bracket ``[a, b)``."""
+
+    below: int  # blocks with value < a
+    keep: Tensor  # bool per block: value >= b (kept whatever the threshold in the bracket)
+    candidates: Tensor  # indices of blocks in [a, b), ascending
+    candidate_values: Tensor  # their values (float64), in index order
+
+
+def _count_pass(values: Tensor, a: float | None, b: float | None) -> _Pass:
+    below_a = values < a if a is not None else torch.zeros_like(values, dtype=torch.bool)
+    keep = values >= b if b is not None else torch.zeros_like(values, dtype=torch.bool)
+    below = int(torch.count_nonzero(below_a))
+    between = ~(below_a | keep)
+    del below_a
+    candidates = torch.nonzero(between).squeeze(1)
+    return _Pass(below, keep, candidates, values[candidates].to(torch.float64))
+
+
+def _sample(values: Tensor, count: int, generator: torch.Generator) -> Tensor:
+    """``count`` values drawn uniformly (with replacement), as float64."""
+    n = values.numel()
+    if n <= count:
+        return values.reshape(-1).to(torch.float64)
+    index = torch.randint(n, (count,), generator=generator).to(values.device)
+    return values.reshape(-1)[index].to(torch.float64)
+
+
+def _bracket(sorted_sample: Tensor, position: float) -> tuple[float | None, float | None]:
+    """Sample values ``MARGIN_SIGMAS`` standard deviations of rank around ``position``."""
+    size = sorted_sample.numel()
+    q = min(max(position / max(size, 1), 0.0), 1.0)
+    margin = MARGIN_SIGMAS * math.sqrt(size * q * (1 - q) + 1.0) + 2
+    low, high = math.floor(position - margin), math.ceil(position + margin)
+    a = float(sorted_sample[low]) if low > 0 else None
+    b = float(sorted_sample[high]) if high < size else None
+    if a is not None and b is not None and a == b:
+        b = math.nextafter(b, math.inf)
+    return a, b
+
+
+def lowest_k(values: Tensor, k: int, *, generator: torch.Generator | None = None) -> Tensor:
+    """Bool per block: True for the ``k`` lowest values, ties to the lower index."""
+    n = values.numel()
+    if k <= 0:
+        return torch.zeros(n, dtype=torch.bool, device=values.device)
+    if k >= n:
+        return torch.ones(n, dtype=torch.bool, device=values.device)
+    generator = generator or torch.Generator().manual_seed(_SEED)
+    sample = torch.sort(_sample(values, LOCAL_SAMPLE, generator)).values
+    a, b = _bracket(sample, k / n * sample.numel())
+    for _ in range(3):
+        found = _count_pass(values, a, b)
+        take = k - found.below
+        if 0 <= take <= found.candidates.numel():
+            return _resolve(found, take)
+        a, b = (None, b) if take < 0 else (a, None)  # widen the side that missed
+    raise AssertionError("unreachable: an open bracket holds every block")  # pragma: no cover
+
+
+def _resolve(found: _Pass, take: int) -> Tensor:
+    """Removed = below ``a``, plus the ``take`` lowest candidates (ties: lower index)."""
+    removed = ~found.keep
+    order = torch.sort(found.candidate_values, stable=True).indices
+    spared = found.candidates[order[take:]]
+    removed[spared] = False
+    return removed
+
+
+def global_select(ops: Sequence[FastOp], target: int, total: int | None = None) -> list[Tensor]:
+    """Bool removed-mask per op: ``target`` elements in all, lowest blocks first across ops
+    (ties: earlier op, then lower index), each op within ``[lo, hi]`` blocks, the total
+    nearest to ``target`` in whole blocks (half-way: fewer)."""
+    reachable = sum(op.hi * op.size for op in ops)
+    if reachable < target:
+        total = total or sum(op.count * op.size for op in ops)
+        raise ImpossibleTargetError(
+            f"the pattern and the per-op caps allow removing at most {reachable} of {total} "
+            f"elements ({reachable / max(total, 1):.2%}) but the target asks for {target} "
+            f"({target / max(total, 1):.2%}): short by {target - reachable} elements; raise "
+            "max_sparsity_ratio_per_op or lower the target"
+        )
+    generator = torch.Generator().manual_seed(_SEED)
+    if sum(op.lo * op.size for op in ops) >= target:
+        return [lowest_k(op.values, op.lo, generator=generator) for op in ops]
+    a, b = _global_bracket(ops, target, generator)
+    for _ in range(3):
+        passes = [_count_pass(op.values, a, b) for op in ops]
+        outcome = _solve_candidates(ops, passes, target)
+        if isinstance(outcome, list):
+            return [
+                _resolve(found, k - found.below)
+                if 0 <= k - found.below <= found.candidates.numel()
+                else lowest_k(op.values, k, generator=generator)
+                for op, found, k in zip(ops, passes, outcome, strict=True)
+            ]
+        a, b = (None, b) if outcome == "low" else (a, None)
+    raise AssertionError("unreachable: an open bracket holds every block")  # pragma: no cover
+
+
+def _global_bracket(
+    ops: Sequence[FastOp], target: int, generator: torch.Generator
+) -> tuple[float | None, float | None]:
+    """Estimate the threshold from a sample of every op (weights: blocks per sample)."""
+    blocks = sum(op.count for op in ops)
+    values, owners, weights = [], [], []
+    for index, op in enumerate(ops):
+        share = max(1, round(GLOBAL_SAMPLE * op.count / blocks))
+        drawn = _sample(op.values, share, generator)
+        values.append(drawn)
+        owners.append(torch.full((drawn.numel(),), index, dtype=torch.int64))
+        weights.append(op.count / drawn.numel())
+    value = torch.cat(values)
+    owner = torch.cat(owners)
+    order = torch.sort(value, stable=True).indices
+    value, owner = value[order], owner[order]
+    weight = torch.tensor(weights, dtype=torch.float64)[owner]
+    size = torch.tensor([op.size for op in ops], dtype=torch.float64)[owner]
+    lo = torch.tensor([op.lo for op in ops], dtype=torch.float64)[owner]
+    hi = torch.tensor([op.hi for op in ops], dtype=torch.float64)[owner]
+    before = _rank_within_owner(owner, len(ops)).to(torch.float64) * weight
+    gained = size * (torch.clamp(before + weight, lo, hi) - torch.clamp(before, lo, hi))
+    start = sum(op.size * min(max(0, op.lo), op.hi) for op in ops)
+    reached = start + torch.cumsum(gained, 0)
+    position = float(
+        torch.searchsorted(reached, torch.tensor([float(target)], dtype=torch.float64))
+    )
+    return _bracket(value, position)
+
+
+def _rank_within_owner(owner: Tensor, groups: int) -> Tensor:
+    """For a sequence of group ids: how many earlier entries share each entry's group."""
+    order = torch.sort(owner, stable=True).indices
+    counts = torch.bincount(owner, minlength=groups)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(owner)
+    rank[order] = torch.arange(owner.numel()) - starts[owner[order]]
+    return rank
+
+
+def _solve_candidates(
+    ops: Sequence[FastOp], passes: Sequence[_Pass], target: int
+) -> list[int] | str:
+    """Exact per-op counts from the candidates, or "low"/"high" if the bracket missed."""
+    below = torch.tensor([p.below for p in passes], dtype=torch.int64)
+    lo = torch.tensor([op.lo for op in ops], dtype=torch.int64)
+    hi = torch.tensor([op.hi for op in ops], dtype=torch.int64)
+    size = torch.tensor([op.size for op in ops], dtype=torch.int64)
+    start = int((size * torch.clamp(below, lo, hi)).sum())
+    if start >= target:
+        return "low"
+    values = torch.cat([p.candidate_values for p in passes])
+    owner = torch.cat(
+        [torch.full((p.candidates.numel(),), i, dtype=torch.int64) for i, p in enumerate(passes)]
+    )
+    order = torch.sort(values, stable=True).indices  # ties keep (op, index) order
+    owner = owner[order]
+    rank = _rank_within_owner(owner, len(ops))
+    counted = below[owner] + rank
+    gained = torch.where((counted >= lo[owner]) & (counted < hi[owner]), size[owner], 0)
+    reached = start + torch.cumsum(gained, 0)
+    if reached.numel() == 0 or int(reached[-1]) < target:
+        return "high"
+    last = int(torch.searchsorted(reached, torch.tensor([target])))
+    overshoot = int(reached[last]) - target
+    if overshoot > 0 and overshoot >= int(gained[last]) - overshoot:
+        last -= 1  # dropping the last block lands nearer (or as near): fewer
+    taken = torch.bincount(owner[: last + 1], minlength=len(ops))
+    return [int(k) for k in torch.clamp(below + taken, lo, hi)]
