@@ -24,8 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from prunekit.errors import ImpossibleTargetError, ScoreError, UnsupportedModuleError
-from prunekit.patterns.fastselect import FastOp, global_select
-from prunekit.patterns.fastselect import lowest_k as fast_lowest_k
+from prunekit.patterns.fastselect import FastOp, global_select, keep_all_but_lowest
 from prunekit.patterns.layout import BlockLayout, Reduce
 from prunekit.patterns.selection import (
     OpBlocks,
@@ -202,7 +201,8 @@ class Pattern:
                     f"scores[{name!r}]: shape {tuple(value.shape)} does not match "
                     f"the weight's shape {shape}"
                 )
-            if torch.isnan(value).any():
+            # A sum is NaN if any element is (and when +inf meets -inf): cheap first test.
+            if torch.isnan(value.sum()) and bool(torch.isnan(value).any()):
                 count = int(torch.isnan(value).sum())
                 raise ScoreError(
                     f"scores[{name!r}]: {count} NaN value(s); scores must be numbers "
@@ -247,14 +247,13 @@ class Pattern:
         pre = dict(pre_masks or {})
         how: Reduce = getattr(self.options, "criterion_reduce_type", "mean")
         names = list(self.layouts)
-        removed = self._fast_removed(names, scores, pre, how, target)
-        if removed is None:
-            removed = self._exact_removed(names, scores, pre, how, target)
+        kept = self._fast_keep(names, scores, pre, how, target)
+        if kept is None:
+            kept = self._exact_keep(names, scores, pre, how, target)
         masks: Masks = {}
         for name in self.shapes:
             if name in self.layouts:
-                block_scores = scores[name]
-                mask = self.expand_blocks(name, ~removed[name], block_scores, pre.get(name))
+                mask = self.expand_blocks(name, kept[name], scores[name], pre.get(name))
             else:
                 mask = torch.ones(self.shapes[name], dtype=torch.bool, device=scores[name].device)
             if name in pre:
@@ -262,7 +261,7 @@ class Pattern:
             masks[name] = mask
         return masks
 
-    def _fast_removed(
+    def _fast_keep(
         self,
         names: list[str],
         scores: Mapping[str, Tensor],
@@ -270,7 +269,7 @@ class Pattern:
         how: Reduce,
         target: float,
     ) -> dict[str, Tensor] | None:
-        """Removed blocks per op by counting (:mod:`~prunekit.patterns.fastselect`), or None
+        """Kept blocks per op by counting (:mod:`~prunekit.patterns.fastselect`), or None
         when a layout has blocks of different sizes (partial edges) or a pre-removed block
         would tie with a ``-inf`` score: the exact radix path handles those."""
         if any(self.layouts[n].sizes is not None for n in names):
@@ -295,7 +294,8 @@ class Pattern:
                 for n, op in zip(names, ops, strict=True)
             ]
             return {
-                n: fast_lowest_k(op.values, k) for n, op, k in zip(names, ops, counts, strict=True)
+                n: keep_all_but_lowest(op.values, k)
+                for n, op, k in zip(names, ops, counts, strict=True)
             }
         total = sum(self.layout_elements(n) for n in names)
         chosen = global_select(ops, round(target * total), total)
@@ -312,7 +312,7 @@ class Pattern:
             )
         return values
 
-    def _exact_removed(
+    def _exact_keep(
         self,
         names: list[str],
         scores: Mapping[str, Tensor],
@@ -320,7 +320,7 @@ class Pattern:
         how: Reduce,
         target: float,
     ) -> dict[str, Tensor]:
-        """Removed blocks per op by the radix search on sortable keys (any block sizes)."""
+        """Kept blocks per op by the radix search on sortable keys (any block sizes)."""
         dtype = key_dtype_for(
             torch.float64 if any(scores[n].dtype == torch.float64 for n in names) else torch.float32
         )
@@ -332,7 +332,7 @@ class Pattern:
         else:
             total = sum(self.layout_elements(n) for n in names)
             counts = global_counts(ops, round(target * total), total)
-        return {n: lowest_k(op.keys, k) for n, op, k in zip(names, ops, counts, strict=True)}
+        return {n: ~lowest_k(op.keys, k) for n, op, k in zip(names, ops, counts, strict=True)}
 
     def reachable_sparsity(self) -> float:
         """The highest sparsity the caps and the block layout allow over all ops (an upper

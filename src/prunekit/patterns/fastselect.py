@@ -68,14 +68,48 @@ class _Pass:
     candidate_values: Tensor  # their values (float64), in index order
 
 
-def _count_pass(values: Tensor, a: float | None, b: float | None) -> _Pass:
-    below_a = values < a if a is not None else torch.zeros_like(values, dtype=torch.bool)
-    keep = values >= b if b is not None else torch.zeros_like(values, dtype=torch.bool)
-    below = int(torch.count_nonzero(below_a))
-    between = ~(below_a | keep)
-    del below_a
-    candidates = torch.nonzero(between).squeeze(1)
+class _Scratch:
+    """A reused work buffer, so that no pass allocates (and page-faults) a full-size tensor
+    besides the mask it returns. Sized for the largest op seen, padded to 8 bytes."""
+
+    def __init__(self) -> None:
+        self.raw = torch.empty(0, dtype=torch.uint8)
+
+    def get(self, n: int, device: torch.device) -> Tensor:
+        padded = -(-n // 8) * 8
+        if self.raw.numel() < padded or self.raw.device != device:
+            self.raw = torch.empty(padded, dtype=torch.uint8, device=device)
+        return self.raw[:padded]
+
+
+def _count_pass(values: Tensor, a: float | None, b: float | None, scratch: _Scratch) -> _Pass:
+    """One look at every block: how many lie below ``a``, which lie at or above ``b`` (the
+    returned keep mask) and which lie in between (the candidates)."""
+    n = values.numel()
+    raw = scratch.get(n, values.device)
+    flags = raw.view(torch.bool)
+    keep = values >= b if b is not None else torch.zeros(n, dtype=torch.bool, device=values.device)
+    if a is None:
+        below = 0
+        flags[:n] = False
+    else:
+        torch.lt(values, a, out=flags[:n])
+        below = int(torch.count_nonzero(flags[:n]))
+    flags[:n].logical_or_(keep).logical_not_()  # neither below a nor kept: a candidate
+    flags[n:] = False
+    candidates = _sparse_nonzero(raw)
     return _Pass(below, keep, candidates, values[candidates].to(torch.float64))
+
+
+def _sparse_nonzero(raw: Tensor) -> Tensor:
+    """Indices of the nonzero bytes of a padded uint8 buffer, ascending, when few are set:
+    ``nonzero`` over 8-byte words first (8x fewer elements), then within the hit words."""
+    words = raw.view(torch.int64)
+    hit = torch.nonzero(words).squeeze(1)
+    if hit.numel() == 0:
+        return hit
+    inside = torch.nonzero(raw.view(-1, 8)[hit])
+    return hit[inside[:, 0]] * 8 + inside[:, 1]
 
 
 def _sample(values: Tensor, count: int, generator: torch.Generator) -> Tensor:
@@ -100,38 +134,57 @@ def _bracket(sorted_sample: Tensor, position: float) -> tuple[float | None, floa
     return a, b
 
 
-def lowest_k(values: Tensor, k: int, *, generator: torch.Generator | None = None) -> Tensor:
-    """Bool per block: True for the ``k`` lowest values, ties to the lower index."""
+def keep_all_but_lowest(
+    values: Tensor,
+    k: int,
+    *,
+    generator: torch.Generator | None = None,
+    scratch: _Scratch | None = None,
+) -> Tensor:
+    """Bool per block, True = keep: every block but the ``k`` lowest (ties: lower index)."""
     n = values.numel()
     if k <= 0:
-        return torch.zeros(n, dtype=torch.bool, device=values.device)
-    if k >= n:
         return torch.ones(n, dtype=torch.bool, device=values.device)
+    if k >= n:
+        return torch.zeros(n, dtype=torch.bool, device=values.device)
     generator = generator or torch.Generator().manual_seed(_SEED)
+    scratch = scratch or _Scratch()
     sample = torch.sort(_sample(values, LOCAL_SAMPLE, generator)).values
     a, b = _bracket(sample, k / n * sample.numel())
     for _ in range(3):
-        found = _count_pass(values, a, b)
+        found = _count_pass(values, a, b, scratch)
         take = k - found.below
         if 0 <= take <= found.candidates.numel():
-            return _resolve(found, take)
+            rank = _ranks(found.candidate_values)
+            return _keep(found, rank >= take)
         a, b = (None, b) if take < 0 else (a, None)  # widen the side that missed
     raise AssertionError("unreachable: an open bracket holds every block")  # pragma: no cover
 
 
-def _resolve(found: _Pass, take: int) -> Tensor:
-    """Removed = below ``a``, plus the ``take`` lowest candidates (ties: lower index)."""
-    removed = ~found.keep
-    order = torch.sort(found.candidate_values, stable=True).indices
-    spared = found.candidates[order[take:]]
-    removed[spared] = False
-    return removed
+def lowest_k(values: Tensor, k: int, *, generator: torch.Generator | None = None) -> Tensor:
+    """Bool per block: True for the ``k`` lowest values, ties to the lower index."""
+    return ~keep_all_but_lowest(values, k, generator=generator)
+
+
+def _ranks(candidate_values: Tensor) -> Tensor:
+    """Each candidate's rank in (value, index) order; candidates come in index order."""
+    order = torch.sort(candidate_values, stable=True).indices
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=order.device)
+    return rank
+
+
+def _keep(found: _Pass, spared: Tensor) -> Tensor:
+    """The mask: kept above ``b``, plus the candidates flagged ``spared``."""
+    keep = found.keep
+    keep[found.candidates[spared]] = True
+    return keep
 
 
 def global_select(ops: Sequence[FastOp], target: int, total: int | None = None) -> list[Tensor]:
-    """Bool removed-mask per op: ``target`` elements in all, lowest blocks first across ops
-    (ties: earlier op, then lower index), each op within ``[lo, hi]`` blocks, the total
-    nearest to ``target`` in whole blocks (half-way: fewer)."""
+    """Bool keep-mask per op (True = keep): ``target`` elements removed in all, lowest blocks
+    first across ops (ties: earlier op, then lower index), each op within ``[lo, hi]``
+    blocks, the total nearest to ``target`` in whole blocks (half-way: fewer)."""
     reachable = sum(op.hi * op.size for op in ops)
     if reachable < target:
         total = total or sum(op.count * op.size for op in ops)
@@ -142,18 +195,23 @@ def global_select(ops: Sequence[FastOp], target: int, total: int | None = None) 
             "max_sparsity_ratio_per_op or lower the target"
         )
     generator = torch.Generator().manual_seed(_SEED)
+    scratch = _Scratch()
     if sum(op.lo * op.size for op in ops) >= target:
-        return [lowest_k(op.values, op.lo, generator=generator) for op in ops]
+        return [
+            keep_all_but_lowest(op.values, op.lo, generator=generator, scratch=scratch)
+            for op in ops
+        ]
     a, b = _global_bracket(ops, target, generator)
     for _ in range(3):
-        passes = [_count_pass(op.values, a, b) for op in ops]
+        passes = [_count_pass(op.values, a, b, scratch) for op in ops]
         outcome = _solve_candidates(ops, passes, target)
-        if isinstance(outcome, list):
+        if isinstance(outcome, tuple):
+            counts, ranks = outcome
             return [
-                _resolve(found, k - found.below)
+                _keep(found, rank >= k - found.below)
                 if 0 <= k - found.below <= found.candidates.numel()
-                else lowest_k(op.values, k, generator=generator)
-                for op, found, k in zip(ops, passes, outcome, strict=True)
+                else keep_all_but_lowest(op.values, k, generator=generator, scratch=scratch)
+                for op, found, k, rank in zip(ops, passes, counts, ranks, strict=True)
             ]
         a, b = (None, b) if outcome == "low" else (a, None)
     raise AssertionError("unreachable: an open bracket holds every block")  # pragma: no cover
@@ -162,47 +220,37 @@ def global_select(ops: Sequence[FastOp], target: int, total: int | None = None) 
 def _global_bracket(
     ops: Sequence[FastOp], target: int, generator: torch.Generator
 ) -> tuple[float | None, float | None]:
-    """Estimate the threshold from a sample of every op (weights: blocks per sample)."""
+    """Estimate the threshold from a sample of every op (each sample stands for
+    ``blocks / samples`` blocks of its op), caps included."""
     blocks = sum(op.count for op in ops)
-    values, owners, weights = [], [], []
+    values, owners, ranks, weights = [], [], [], []
     for index, op in enumerate(ops):
         share = max(1, round(GLOBAL_SAMPLE * op.count / blocks))
-        drawn = _sample(op.values, share, generator)
+        drawn = torch.sort(_sample(op.values, share, generator)).values
         values.append(drawn)
         owners.append(torch.full((drawn.numel(),), index, dtype=torch.int64))
+        ranks.append(torch.arange(drawn.numel(), dtype=torch.float64))
         weights.append(op.count / drawn.numel())
-    value = torch.cat(values)
-    owner = torch.cat(owners)
-    order = torch.sort(value, stable=True).indices
-    value, owner = value[order], owner[order]
+    order = torch.sort(torch.cat(values), stable=True)
+    value = order.values
+    owner = torch.cat(owners)[order.indices]
     weight = torch.tensor(weights, dtype=torch.float64)[owner]
     size = torch.tensor([op.size for op in ops], dtype=torch.float64)[owner]
     lo = torch.tensor([op.lo for op in ops], dtype=torch.float64)[owner]
     hi = torch.tensor([op.hi for op in ops], dtype=torch.float64)[owner]
-    before = _rank_within_owner(owner, len(ops)).to(torch.float64) * weight
+    before = torch.cat(ranks)[order.indices] * weight
     gained = size * (torch.clamp(before + weight, lo, hi) - torch.clamp(before, lo, hi))
     start = sum(op.size * min(max(0, op.lo), op.hi) for op in ops)
     reached = start + torch.cumsum(gained, 0)
-    position = float(
-        torch.searchsorted(reached, torch.tensor([float(target)], dtype=torch.float64))
-    )
-    return _bracket(value, position)
-
-
-def _rank_within_owner(owner: Tensor, groups: int) -> Tensor:
-    """For a sequence of group ids: how many earlier entries share each entry's group."""
-    order = torch.sort(owner, stable=True).indices
-    counts = torch.bincount(owner, minlength=groups)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.empty_like(owner)
-    rank[order] = torch.arange(owner.numel()) - starts[owner[order]]
-    return rank
+    wanted = torch.tensor([float(target)], dtype=torch.float64)
+    return _bracket(value, float(torch.searchsorted(reached, wanted)))
 
 
 def _solve_candidates(
     ops: Sequence[FastOp], passes: Sequence[_Pass], target: int
-) -> list[int] | str:
-    """Exact per-op counts from the candidates, or "low"/"high" if the bracket missed."""
+) -> tuple[list[int], list[Tensor]] | str:
+    """Exact per-op counts, and each candidate's rank within its op in (value, index)
+    order, from the candidates; or "low"/"high" if the bracket missed."""
     below = torch.tensor([p.below for p in passes], dtype=torch.int64)
     lo = torch.tensor([op.lo for op in ops], dtype=torch.int64)
     hi = torch.tensor([op.hi for op in ops], dtype=torch.int64)
@@ -210,13 +258,14 @@ def _solve_candidates(
     start = int((size * torch.clamp(below, lo, hi)).sum())
     if start >= target:
         return "low"
+    ranks = [_ranks(p.candidate_values) for p in passes]  # within each op: (value, index)
     values = torch.cat([p.candidate_values for p in passes])
     owner = torch.cat(
         [torch.full((p.candidates.numel(),), i, dtype=torch.int64) for i, p in enumerate(passes)]
     )
     order = torch.sort(values, stable=True).indices  # ties keep (op, index) order
     owner = owner[order]
-    rank = _rank_within_owner(owner, len(ops))
+    rank = torch.cat(ranks)[order]
     counted = below[owner] + rank
     gained = torch.where((counted >= lo[owner]) & (counted < hi[owner]), size[owner], 0)
     reached = start + torch.cumsum(gained, 0)
@@ -227,4 +276,4 @@ def _solve_candidates(
     if overshoot > 0 and overshoot >= int(gained[last]) - overshoot:
         last -= 1  # dropping the last block lands nearer (or as near): fewer
     taken = torch.bincount(owner[: last + 1], minlength=len(ops))
-    return [int(k) for k in torch.clamp(below + taken, lo, hi)]
+    return [int(k) for k in torch.clamp(below + taken, lo, hi)], ranks

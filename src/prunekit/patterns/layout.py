@@ -81,6 +81,8 @@ class GridLayout:
 
     def reduce(self, values: Tensor, how: Reduce) -> Tensor:
         view = to_2d(values)
+        if self.block_size == 1:
+            return view.reshape(-1)  # one element per block: the scores themselves, no copy
         if not self.divisible:
             fill = float("-inf") if how == "max" else 0.0
             view = F.pad(view, (0, self.pad[1], 0, self.pad[0]), value=fill)
@@ -95,6 +97,8 @@ class GridLayout:
         return total / self.sizes.to(device=total.device, dtype=total.dtype)
 
     def expand(self, block_values: Tensor) -> Tensor:
+        if self.block_size == 1:
+            return from_2d(block_values.reshape(self.rows, self.cols), self.shape).contiguous()
         tiles = block_values.reshape(self.grid[0], 1, self.grid[1], 1)
         full = tiles.expand(self.grid[0], self.n, self.grid[1], self.m)
         view = full.reshape(self.grid[0] * self.n, self.grid[1] * self.m)
@@ -133,4 +137,6 @@ class AxisLayout:
         return reduced.reshape(-1)
 
     def expand(self, block_values: Tensor) -> Tensor:
+        if not self.span:
+            return block_values.reshape(self.shape)  # one block per element: no copy
         return block_values.reshape(self._broadcast).expand(self.shape).contiguous()
