@@ -16,7 +16,8 @@ Two ways to write a pattern:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
@@ -24,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from prunekit.errors import ImpossibleTargetError, ScoreError, UnsupportedModuleError
-from prunekit.patterns.fastselect import FastOp, global_select, keep_all_but_lowest
+from prunekit.patterns.fastselect import FastOp, global_plan, keep_all_but_lowest
 from prunekit.patterns.layout import BlockLayout, Reduce
 from prunekit.patterns.selection import (
     OpBlocks,
@@ -242,36 +243,71 @@ class Pattern:
         over all ops (``config.pruning_scope``), within the per-op caps. ``pre_masks``:
         masks from an earlier step; what they removed stays removed and counts.
         """
+        return dict(self._masks(scores, target_sparsity, pre_masks, streaming=False))
+
+    def iter_masks(
+        self,
+        scores: Mapping[str, Tensor],
+        target_sparsity: float,
+        pre_masks: Mapping[str, Tensor] | None = None,
+    ) -> Iterator[tuple[str, Tensor]]:
+        """The masks of :meth:`get_masks`, one op at a time, in op order.
+
+        Holds no mask beyond the one it yields and reads ``scores[name]`` again whenever it
+        needs an op's scores, so ``scores`` may be a mapping that computes them on demand:
+        with it, a model whose scores and masks do not fit in memory beside its weights (an
+        LLM) is pruned op by op, each mask applied and dropped before the next.
+        """
+        return self._masks(scores, target_sparsity, pre_masks, streaming=True)
+
+    def _masks(
+        self,
+        scores: Mapping[str, Tensor],
+        target_sparsity: float,
+        pre_masks: Mapping[str, Tensor] | None,
+        *,
+        streaming: bool,
+    ) -> Iterator[tuple[str, Tensor]]:
         target = self.check_target(target_sparsity)
         self.check_inputs(scores, pre_masks)
         pre = dict(pre_masks or {})
         how: Reduce = getattr(self.options, "criterion_reduce_type", "mean")
         names = list(self.layouts)
-        kept = self._fast_keep(names, scores, pre, how, target)
-        if kept is None:
+        keeps = self._fast_keeps(names, scores, pre, how, target, streaming=streaming)
+        if keeps is None:
             kept = self._exact_keep(names, scores, pre, how, target)
-        masks: Masks = {}
+            keeps = {n: partial(_identity, kept[n]) for n in names}
+        return self._expanded(scores, pre, keeps)
+
+    def _expanded(
+        self,
+        scores: Mapping[str, Tensor],
+        pre: Mapping[str, Tensor],
+        keeps: Mapping[str, Callable[[], Tensor]],
+    ) -> Iterator[tuple[str, Tensor]]:
         for name in self.shapes:
             if name in self.layouts:
-                mask = self.expand_blocks(name, kept[name], scores[name], pre.get(name))
+                mask = self.expand_blocks(name, keeps[name](), scores[name], pre.get(name))
             else:
                 mask = torch.ones(self.shapes[name], dtype=torch.bool, device=scores[name].device)
             if name in pre:
                 mask = mask & pre[name].to(mask.device)
-            masks[name] = mask
-        return masks
+            yield name, mask
 
-    def _fast_keep(
+    def _fast_keeps(
         self,
         names: list[str],
         scores: Mapping[str, Tensor],
         pre: Mapping[str, Tensor],
         how: Reduce,
         target: float,
-    ) -> dict[str, Tensor] | None:
-        """Kept blocks per op by counting (:mod:`~prunekit.patterns.fastselect`), or None
-        when a layout has blocks of different sizes (partial edges) or a pre-removed block
-        would tie with a ``-inf`` score: the exact radix path handles those."""
+        *,
+        streaming: bool,
+    ) -> dict[str, Callable[[], Tensor]] | None:
+        """Per op, a function giving its kept blocks, decided by counting
+        (:mod:`~prunekit.patterns.fastselect`); or None when a layout has blocks of different
+        sizes (partial edges) or a pre-removed block would tie with a ``-inf`` score: the
+        exact radix path handles those. All counting happens here, before any mask is made."""
         if any(self.layouts[n].sizes is not None for n in names):
             return None
         ops: list[FastOp] = []
@@ -281,25 +317,52 @@ class Pattern:
             if name in pre:
                 fully = self.removed_blocks(name, pre[name].to(values.device))
                 removed_before = int(fully.sum())
-                if removed_before:
-                    if bool(torch.isneginf(values).any()):
-                        return None
-                    values = values.clone()
-                    values[fully] = float("-inf")
+                if removed_before and bool(torch.isneginf(values).any()):
+                    return None
             lo, hi = self.block_caps(name, removed_before)
-            ops.append(FastOp(values, self.layouts[name].block_size, lo, hi))
+            if streaming:
+                source: Tensor | Callable[[], Tensor] = partial(
+                    self._fast_values, name, scores, pre, how
+                )
+                del values
+            else:
+                source = self._fast_values(name, scores, pre, how, values)
+            ops.append(
+                FastOp(source, self.layouts[name].block_size, lo, hi, self.layouts[name].num_blocks)
+            )
         if self.config.pruning_scope == "local":
             counts = [
                 self.local_block_count(n, _as_op_blocks(op), target)
                 for n, op in zip(names, ops, strict=True)
             ]
             return {
-                n: keep_all_but_lowest(op.values, k)
+                n: partial(lambda op, k: keep_all_but_lowest(op.get(), k), op, k)
                 for n, op, k in zip(names, ops, counts, strict=True)
             }
         total = sum(self.layout_elements(n) for n in names)
-        chosen = global_select(ops, round(target * total), total)
-        return dict(zip(names, chosen, strict=True))
+        plans = global_plan(ops, round(target * total), total, retain=not streaming)
+        return {
+            n: partial(plan.materialize, op) for n, op, plan in zip(names, ops, plans, strict=True)
+        }
+
+    def _fast_values(
+        self,
+        name: str,
+        scores: Mapping[str, Tensor],
+        pre: Mapping[str, Tensor],
+        how: Reduce,
+        values: Tensor | None = None,
+    ) -> Tensor:
+        """Op ``name``'s block scores, with blocks a pre-mask removed set to ``-inf`` (they
+        go first and count)."""
+        if values is None:
+            values = self._block_values(name, scores[name], how)
+        if name in pre:
+            fully = self.removed_blocks(name, pre[name].to(values.device))
+            if bool(fully.any()):
+                values = values.clone()
+                values[fully] = float("-inf")
+        return values
 
     def _block_values(self, name: str, scores: Tensor, how: Reduce) -> Tensor:
         """1-D block scores, checked for the NaN a block mixing +inf and -inf makes."""
@@ -409,9 +472,14 @@ class Pattern:
         )
 
 
+def _identity(value: Tensor) -> Tensor:
+    return value
+
+
 def _as_op_blocks(op: FastOp) -> OpBlocks:
-    """The view of a counting op that the ``local_block_count`` hook takes."""
-    return OpBlocks(op.values, None, op.size, op.lo, op.hi)
+    """The view of a counting op that the ``local_block_count`` hook takes (its keys are a
+    placeholder with no storage: the hook reads counts and caps only)."""
+    return OpBlocks(torch.empty(op.count, device="meta"), None, op.size, op.lo, op.hi)
 
 
 def _weight(module: nn.Module) -> Tensor:

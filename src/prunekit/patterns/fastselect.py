@@ -24,7 +24,7 @@ partial edge blocks use the radix search in :mod:`prunekit.patterns.selection`.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -44,18 +44,57 @@ _SEED = 0x5EED
 class FastOp:
     """One op's block scores for the counting selection.
 
-    ``values``: 1-D block scores (any float dtype; pre-removed blocks already set to -inf).
+    ``values``: 1-D block scores (any float dtype; pre-removed blocks already set to -inf),
+    or a function that computes them anew each time, so that a model too large for all its
+    scores at once is handled one op at a time. ``count``: the number of blocks.
     ``size``: elements per block. ``lo``/``hi``: blocks the op must / may remove.
     """
 
-    values: Tensor
+    values: Tensor | Callable[[], Tensor]
     size: int
     lo: int
     hi: int
+    count: int = -1
 
-    @property
-    def count(self) -> int:
-        return self.values.numel()
+    def __post_init__(self) -> None:
+        if self.count < 0:
+            if callable(self.values):
+                raise ValueError("FastOp: give count when values is a function")
+            self.count = self.values.numel()
+
+    def get(self) -> Tensor:
+        """The block scores (computed now if ``values`` is a function)."""
+        return self.values() if callable(self.values) else self.values
+
+
+@dataclass
+class Resolution:
+    """How to rebuild one op's keep mask once the counts are known, without holding it:
+    keep blocks at or above ``b``, plus the candidates flagged ``spared``; or, when the op's
+    own threshold lies outside the bracket, keep all but its ``k`` lowest."""
+
+    k: int
+    b: float | None = None
+    candidates: Tensor | None = None
+    spared: Tensor | None = None
+    keep: Tensor | None = None  # the mask itself, when it was kept from the pass
+
+    def materialize(self, op: FastOp, scratch: _Scratch | None = None) -> Tensor:
+        """The op's bool keep mask (True = keep)."""
+        if self.candidates is None or self.spared is None:
+            return keep_all_but_lowest(op.get(), self.k, scratch=scratch)
+        if self.keep is not None:
+            keep = self.keep
+            self.keep = None
+        else:
+            values = op.get()
+            keep = (
+                values >= self.b
+                if self.b is not None
+                else torch.zeros(values.numel(), dtype=torch.bool, device=values.device)
+            )
+        keep[self.candidates[self.spared]] = True
+        return keep
 
 
 @dataclass
@@ -63,7 +102,7 @@ class _Pass:
     """What one counting pass learned about one op for a bracket ``[a, b)``."""
 
     below: int  # blocks with value < a
-    keep: Tensor  # bool per block: value >= b (kept whatever the threshold in the bracket)
+    keep: Tensor | None  # bool per block: value >= b (kept whatever the threshold in the bracket)
     candidates: Tensor  # indices of blocks in [a, b), ascending
     candidate_values: Tensor  # their values (float64), in index order
 
@@ -82,7 +121,9 @@ class _Scratch:
         return self.raw[:padded]
 
 
-def _count_pass(values: Tensor, a: float | None, b: float | None, scratch: _Scratch) -> _Pass:
+def _count_pass(
+    values: Tensor, a: float | None, b: float | None, scratch: _Scratch, *, retain: bool = True
+) -> _Pass:
     """One look at every block: how many lie below ``a``, which lie at or above ``b`` (the
     returned keep mask) and which lie in between (the candidates)."""
     n = values.numel()
@@ -98,7 +139,7 @@ def _count_pass(values: Tensor, a: float | None, b: float | None, scratch: _Scra
     flags[:n].logical_or_(keep).logical_not_()  # neither below a nor kept: a candidate
     flags[n:] = False
     candidates = _sparse_nonzero(raw)
-    return _Pass(below, keep, candidates, values[candidates].to(torch.float64))
+    return _Pass(below, keep if retain else None, candidates, values[candidates].to(torch.float64))
 
 
 def _sparse_nonzero(raw: Tensor) -> Tensor:
@@ -156,7 +197,9 @@ def keep_all_but_lowest(
         take = k - found.below
         if 0 <= take <= found.candidates.numel():
             rank = _ranks(found.candidate_values)
-            return _keep(found, rank >= take)
+            return Resolution(k, b, found.candidates, rank >= take, found.keep).materialize(
+                FastOp(values, 1, 0, n)
+            )
         a, b = (None, b) if take < 0 else (a, None)  # widen the side that missed
     raise AssertionError("unreachable: an open bracket holds every block")  # pragma: no cover
 
@@ -174,17 +217,28 @@ def _ranks(candidate_values: Tensor) -> Tensor:
     return rank
 
 
-def _keep(found: _Pass, spared: Tensor) -> Tensor:
-    """The mask: kept above ``b``, plus the candidates flagged ``spared``."""
-    keep = found.keep
-    keep[found.candidates[spared]] = True
-    return keep
-
-
 def global_select(ops: Sequence[FastOp], target: int, total: int | None = None) -> list[Tensor]:
     """Bool keep-mask per op (True = keep): ``target`` elements removed in all, lowest blocks
     first across ops (ties: earlier op, then lower index), each op within ``[lo, hi]``
     blocks, the total nearest to ``target`` in whole blocks (half-way: fewer)."""
+    scratch = _Scratch()
+    plans = global_plan(ops, target, total, retain=True, scratch=scratch)
+    return [plan.materialize(op, scratch) for op, plan in zip(ops, plans, strict=True)]
+
+
+def global_plan(
+    ops: Sequence[FastOp],
+    target: int,
+    total: int | None = None,
+    *,
+    retain: bool = False,
+    scratch: _Scratch | None = None,
+) -> list[Resolution]:
+    """How each op's keep mask is rebuilt under global scope (see :func:`global_select`).
+
+    With ``retain=False`` no mask outlives its counting pass: only counts and candidates
+    (a fraction of a percent of the blocks) are kept, and :meth:`Resolution.materialize`
+    recomputes each mask with one comparison when it is wanted, one op at a time."""
     reachable = sum(op.hi * op.size for op in ops)
     if reachable < target:
         total = total or sum(op.count * op.size for op in ops)
@@ -195,26 +249,29 @@ def global_select(ops: Sequence[FastOp], target: int, total: int | None = None) 
             "max_sparsity_ratio_per_op or lower the target"
         )
     generator = torch.Generator().manual_seed(_SEED)
-    scratch = _Scratch()
+    scratch = scratch or _Scratch()
     if sum(op.lo * op.size for op in ops) >= target:
-        return [
-            keep_all_but_lowest(op.values, op.lo, generator=generator, scratch=scratch)
-            for op in ops
-        ]
+        return [Resolution(op.lo) for op in ops]
     a, b = _global_bracket(ops, target, generator)
     for _ in range(3):
-        passes = [_count_pass(op.values, a, b, scratch) for op in ops]
+        passes = [_count_pass(op.get(), a, b, scratch, retain=retain) for op in ops]
         outcome = _solve_candidates(ops, passes, target)
         if isinstance(outcome, tuple):
             counts, ranks = outcome
             return [
-                _keep(found, rank >= k - found.below)
+                Resolution(k, b, found.candidates, rank >= k - found.below, found.keep)
                 if 0 <= k - found.below <= found.candidates.numel()
-                else keep_all_but_lowest(op.values, k, generator=generator, scratch=scratch)
-                for op, found, k, rank in zip(ops, passes, counts, ranks, strict=True)
+                else Resolution(k)
+                for found, k, rank in zip(passes, counts, ranks, strict=True)
             ]
         a, b = (None, b) if outcome == "low" else (a, None)
     raise AssertionError("unreachable: an open bracket holds every block")  # pragma: no cover
+
+
+def _global_sample(blocks: int) -> int:
+    """Samples for a global bracket: GLOBAL_SAMPLE, more on very large models, so that the
+    candidates (about 5 / sqrt(samples) of all blocks) stay small in memory."""
+    return max(GLOBAL_SAMPLE, min(1 << 22, blocks // 1024))
 
 
 def _global_bracket(
@@ -225,8 +282,8 @@ def _global_bracket(
     blocks = sum(op.count for op in ops)
     values, owners, ranks, weights = [], [], [], []
     for index, op in enumerate(ops):
-        share = max(1, round(GLOBAL_SAMPLE * op.count / blocks))
-        drawn = torch.sort(_sample(op.values, share, generator)).values
+        share = max(1, round(_global_sample(blocks) * op.count / blocks))
+        drawn = torch.sort(_sample(op.get(), share, generator)).values
         values.append(drawn)
         owners.append(torch.full((drawn.numel(),), index, dtype=torch.int64))
         ranks.append(torch.arange(drawn.numel(), dtype=torch.float64))

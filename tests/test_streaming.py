@@ -1,0 +1,69 @@
+"""iter_masks: the same masks as get_masks, one op at a time, with scores made on demand."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import pytest
+import torch
+from torch import nn
+
+import prunekit as pk
+
+
+class OnDemandScores(Mapping[str, torch.Tensor]):
+    """|w| computed at every access, nothing kept: what a 7B model needs."""
+
+    def __init__(self, modules: dict[str, nn.Module]) -> None:
+        self.modules = modules
+        self.reads = 0
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        self.reads += 1
+        return self.modules[name].weight.detach().abs()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.modules)
+
+    def __len__(self) -> int:
+        return len(self.modules)
+
+
+def model() -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    return {"a": nn.Linear(64, 128), "b": nn.Linear(128, 32), "c": nn.Conv2d(8, 16, 3)}
+
+
+@pytest.mark.parametrize("spec", ["1x1", "4x1", "channelx1", "2:4", "filter", "weight"])
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_iter_masks_equals_get_masks(spec: str, scope: str) -> None:
+    modules = model()
+    if spec in {"filter"}:
+        modules = {"c": modules["c"], "d": nn.Conv2d(4, 8, 3)}
+    target = 0.5 if spec == "2:4" else 0.7
+    pattern = pk.get_pattern(
+        {"pattern": spec, "pruning_scope": scope, "target_sparsity": target}, modules
+    )
+    expected = pattern.get_masks({n: m.weight.detach().abs() for n, m in modules.items()}, target)
+    scores = OnDemandScores(modules)
+    seen = []
+    for name, mask in pattern.iter_masks(scores, target):
+        seen.append(name)
+        assert torch.equal(mask, expected[name]), (spec, scope, name)
+    assert seen == list(modules)
+    assert scores.reads > len(modules)  # scores were computed again, not kept
+
+
+def test_iter_masks_applied_in_place_one_op_at_a_time() -> None:
+    modules = model()
+    pattern = pk.get_pattern({"pattern": "4x1", "target_sparsity": 0.5}, modules)
+    total = sum(m.weight.numel() for m in modules.values())
+    scores = OnDemandScores(modules)
+    masks = pattern.iter_masks(scores, 0.5)
+    # The counting is done before the first mask, so applying masks in place while the
+    # iterator runs cannot change the decision for later ops.
+    with torch.no_grad():
+        for name, mask in masks:
+            modules[name].weight.mul_(mask)
+    zeros = sum(int((m.weight == 0).sum()) for m in modules.values())
+    assert zeros == round(0.5 * total)
