@@ -312,15 +312,20 @@ class Pattern:
             return None
         ops: list[FastOp] = []
         for name in names:
-            values = self._block_values(name, scores[name], how)
+            values = (
+                None
+                if streaming and name not in pre
+                else self._block_values(name, scores[name], how)
+            )
             removed_before = 0
             if name in pre:
+                assert values is not None
                 fully = self.removed_blocks(name, pre[name].to(values.device))
                 removed_before = int(fully.sum())
                 if removed_before and bool(torch.isneginf(values).any()):
                     return None
             lo, hi = self.block_caps(name, removed_before)
-            if streaming:
+            if streaming:  # computed again when needed: no op's scores are kept
                 source: Tensor | Callable[[], Tensor] = partial(
                     self._fast_values, name, scores, pre, how
                 )

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -55,12 +56,17 @@ class FastOp:
     lo: int
     hi: int
     count: int = -1
+    op: int = -1  # global op id: ties between ops go to the lower id
+    offset: int = 0  # index of this part's first block in the whole op (row shards)
+    whole: int = -1  # blocks of the whole op (all parts); lo and hi are for the whole op
 
     def __post_init__(self) -> None:
         if self.count < 0:
             if callable(self.values):
                 raise ValueError("FastOp: give count when values is a function")
             self.count = self.values.numel()
+        if self.whole < 0:
+            self.whole = self.count
 
     def get(self) -> Tensor:
         """The block scores (computed now if ``values`` is a function)."""
@@ -226,6 +232,67 @@ def global_select(ops: Sequence[FastOp], target: int, total: int | None = None) 
     return [plan.materialize(op, scratch) for op, plan in zip(ops, plans, strict=True)]
 
 
+class Comm:
+    """How the ops' parts exchange counts and candidates. This one is a single process with
+    whole ops: nothing is exchanged. :mod:`prunekit.distributed` has the torch.distributed
+    one, with which the same code computes global masks over ops spread across ranks."""
+
+    rank = 0
+
+    def sum(self, tensor: Tensor) -> Tensor:
+        """Elementwise sum over ranks."""
+        return tensor
+
+    def gather(self, tensor: Tensor) -> tuple[Tensor, list[int]]:
+        """Every rank's 1-D ``tensor`` concatenated in rank order, and their lengths."""
+        return tensor, [tensor.numel()]
+
+    @property
+    def single(self) -> bool:
+        return True
+
+
+LOCAL = Comm()
+
+
+@dataclass
+class _Table:
+    """What every rank knows of every op (identical on all ranks)."""
+
+    ids: Tensor  # global op ids, ascending
+    blocks: Tensor  # blocks of the whole op
+    size: Tensor  # elements per block
+    lo: Tensor
+    hi: Tensor
+
+    def position(self, op_ids: Tensor) -> Tensor:
+        return torch.searchsorted(self.ids, op_ids)
+
+
+def _op_table(ops: Sequence[FastOp], comm: Comm) -> _Table:
+    rows = torch.tensor(
+        [[op.op, op.whole, op.size, op.lo, op.hi] for op in ops], dtype=torch.int64
+    ).reshape(-1, 5)
+    gathered, _ = comm.gather(rows.reshape(-1))
+    rows = gathered.reshape(-1, 5)
+    ids, first = _unique_first(rows[:, 0])
+    rows = rows[first]
+    return _Table(ids, rows[:, 1], rows[:, 2], rows[:, 3], rows[:, 4])
+
+
+def _unique_first(values: Tensor) -> tuple[Tensor, Tensor]:
+    """Sorted unique values and the index of each one's first occurrence."""
+    unique, inverse = torch.unique(values, sorted=True, return_inverse=True)
+    first = torch.full((unique.numel(),), values.numel(), dtype=torch.int64)
+    first.scatter_reduce_(0, inverse, torch.arange(values.numel()), reduce="amin")
+    return unique, first
+
+
+def _numbered(ops: Sequence[FastOp]) -> list[FastOp]:
+    """Ops without a global id get their position (single process: ops are whole)."""
+    return [op if op.op >= 0 else replace(op, op=i) for i, op in enumerate(ops)]
+
+
 def global_plan(
     ops: Sequence[FastOp],
     target: int,
@@ -233,39 +300,86 @@ def global_plan(
     *,
     retain: bool = False,
     scratch: _Scratch | None = None,
+    comm: Comm = LOCAL,
 ) -> list[Resolution]:
     """How each op's keep mask is rebuilt under global scope (see :func:`global_select`).
 
     With ``retain=False`` no mask outlives its counting pass: only counts and candidates
     (a fraction of a percent of the blocks) are kept, and :meth:`Resolution.materialize`
-    recomputes each mask with one comparison when it is wanted, one op at a time."""
-    reachable = sum(op.hi * op.size for op in ops)
+    recomputes each mask with one comparison when it is wanted, one op at a time.
+
+    With a distributed ``comm``, ``ops`` are this rank's parts (whole ops or row shards,
+    see :class:`FastOp`); every rank calls this with the same ``target``, and counts and
+    candidates are exchanged, never weights."""
+    ops = _numbered(ops)
+    table = _op_table(ops, comm)
+    reachable = int((table.hi * table.size).sum())
     if reachable < target:
-        total = total or sum(op.count * op.size for op in ops)
+        total = total or int((table.blocks * table.size).sum())
         raise ImpossibleTargetError(
             f"the pattern and the per-op caps allow removing at most {reachable} of {total} "
             f"elements ({reachable / max(total, 1):.2%}) but the target asks for {target} "
             f"({target / max(total, 1):.2%}): short by {target - reachable} elements; raise "
             "max_sparsity_ratio_per_op or lower the target"
         )
-    generator = torch.Generator().manual_seed(_SEED)
     scratch = scratch or _Scratch()
-    if sum(op.lo * op.size for op in ops) >= target:
-        return [Resolution(op.lo) for op in ops]
-    a, b = _global_bracket(ops, target, generator)
+    if int((table.lo * table.size).sum()) >= target:
+        return _per_op_plans(ops, table, table.lo, retain, scratch, comm)
+    generator = torch.Generator().manual_seed(_SEED)
+    a, b = _global_bracket(ops, table, target, generator, comm)
     for _ in range(3):
         passes = [_count_pass(op.get(), a, b, scratch, retain=retain) for op in ops]
-        outcome = _solve_candidates(ops, passes, target)
-        if isinstance(outcome, tuple):
-            counts, ranks = outcome
-            return [
-                Resolution(k, b, found.candidates, rank >= k - found.below, found.keep)
-                if 0 <= k - found.below <= found.candidates.numel()
-                else Resolution(k)
-                for found, k, rank in zip(passes, counts, ranks, strict=True)
-            ]
-        a, b = (None, b) if outcome == "low" else (a, None)
+        outcome = _solve_candidates(ops, passes, table, target, comm)
+        if isinstance(outcome, str):
+            a, b = (None, b) if outcome == "low" else (a, None)
+            continue
+        counts, spared, in_window = outcome
+        plans = [
+            Resolution(int(counts[i]), b, found.candidates, flags, found.keep)
+            for found, flags, i in zip(
+                passes, spared, table.position(_ids(ops)).tolist(), strict=True
+            )
+        ]
+        if not bool(in_window.all()):  # ops whose own threshold lies outside the bracket
+            outside = _per_op_plans(ops, table, counts, retain, scratch, comm, ~in_window)
+            plans = [o if o is not None else p for p, o in zip(plans, outside, strict=True)]
+        return plans
     raise AssertionError("unreachable: an open bracket holds every block")  # pragma: no cover
+
+
+def _ids(ops: Sequence[FastOp]) -> Tensor:
+    return torch.tensor([op.op for op in ops], dtype=torch.int64)
+
+
+def _per_op_plans(
+    ops: Sequence[FastOp],
+    table: _Table,
+    counts: Tensor,
+    retain: bool,
+    scratch: _Scratch,
+    comm: Comm,
+    which: Tensor | None = None,
+) -> list[Any]:
+    """Each chosen op on its own: its ``counts`` lowest blocks. One op at a time, on every
+    rank in the same order, so that an op split across ranks agrees on its threshold."""
+    plans: list[Any] = [None] * len(ops)
+    chosen = range(table.ids.numel()) if which is None else torch.nonzero(which).flatten().tolist()
+    for i in chosen:
+        op_id, k = int(table.ids[i]), int(counts[i])
+        mine = [j for j, op in enumerate(ops) if op.op == op_id]
+        if comm.single:
+            for j in mine:
+                plans[j] = Resolution(k)
+            continue
+        parts = [replace(ops[j], lo=0, hi=int(table.blocks[i])) for j in mine]
+        sub = (
+            global_plan(parts, k * int(table.size[i]), retain=retain, scratch=scratch, comm=comm)
+            if k > 0
+            else [Resolution(0) for _ in parts]
+        )
+        for j, plan in zip(mine, sub, strict=True):
+            plans[j] = plan
+    return plans
 
 
 def _global_sample(blocks: int) -> int:
@@ -275,56 +389,89 @@ def _global_sample(blocks: int) -> int:
 
 
 def _global_bracket(
-    ops: Sequence[FastOp], target: int, generator: torch.Generator
+    ops: Sequence[FastOp], table: _Table, target: int, generator: torch.Generator, comm: Comm
 ) -> tuple[float | None, float | None]:
     """Estimate the threshold from a sample of every op (each sample stands for
     ``blocks / samples`` blocks of its op), caps included."""
-    blocks = sum(op.count for op in ops)
-    values, owners, ranks, weights = [], [], [], []
-    for index, op in enumerate(ops):
-        share = max(1, round(_global_sample(blocks) * op.count / blocks))
-        drawn = torch.sort(_sample(op.get(), share, generator)).values
-        values.append(drawn)
-        owners.append(torch.full((drawn.numel(),), index, dtype=torch.int64))
-        ranks.append(torch.arange(drawn.numel(), dtype=torch.float64))
-        weights.append(op.count / drawn.numel())
-    order = torch.sort(torch.cat(values), stable=True)
-    value = order.values
-    owner = torch.cat(owners)[order.indices]
-    weight = torch.tensor(weights, dtype=torch.float64)[owner]
-    size = torch.tensor([op.size for op in ops], dtype=torch.float64)[owner]
-    lo = torch.tensor([op.lo for op in ops], dtype=torch.float64)[owner]
-    hi = torch.tensor([op.hi for op in ops], dtype=torch.float64)[owner]
-    before = torch.cat(ranks)[order.indices] * weight
+    blocks = int(table.blocks.sum())
+    wanted = _global_sample(blocks)
+    drawn = [_sample(op.get(), max(1, round(wanted * op.count / blocks)), generator) for op in ops]
+    values, _ = comm.gather(torch.cat(drawn) if drawn else torch.zeros(0, dtype=torch.float64))
+    owners, _ = comm.gather(
+        torch.cat(
+            [
+                torch.full((d.numel(),), op.op, dtype=torch.int64)
+                for d, op in zip(drawn, ops, strict=True)
+            ]
+        )
+        if drawn
+        else torch.zeros(0, dtype=torch.int64)
+    )
+    owner = table.position(owners)
+    by_op = torch.sort(values, stable=True).indices
+    by_op = by_op[torch.sort(owner[by_op], stable=True).indices]  # (op, value) order
+    per_op = torch.bincount(owner, minlength=table.ids.numel())
+    start = torch.cumsum(per_op, 0) - per_op
+    rank = torch.empty_like(owner)
+    rank[by_op] = torch.arange(owner.numel()) - start[owner[by_op]]
+    order = torch.sort(values, stable=True).indices
+    owner, rank = owner[order], rank[order]
+    weight = (table.blocks.to(torch.float64) / per_op.clamp(min=1))[owner]
+    lo, hi = table.lo.to(torch.float64)[owner], table.hi.to(torch.float64)[owner]
+    size = table.size.to(torch.float64)[owner]
+    before = rank.to(torch.float64) * weight
     gained = size * (torch.clamp(before + weight, lo, hi) - torch.clamp(before, lo, hi))
-    start = sum(op.size * min(max(0, op.lo), op.hi) for op in ops)
-    reached = start + torch.cumsum(gained, 0)
-    wanted = torch.tensor([float(target)], dtype=torch.float64)
-    return _bracket(value, float(torch.searchsorted(reached, wanted)))
+    start_elements = float(
+        (table.size * torch.clamp(torch.zeros_like(table.lo), table.lo, table.hi)).sum()
+    )
+    reached = start_elements + torch.cumsum(gained, 0)
+    goal = torch.tensor([float(target)], dtype=torch.float64)
+    return _bracket(values[order], float(torch.searchsorted(reached, goal)))
 
 
 def _solve_candidates(
-    ops: Sequence[FastOp], passes: Sequence[_Pass], target: int
-) -> tuple[list[int], list[Tensor]] | str:
-    """Exact per-op counts, and each candidate's rank within its op in (value, index)
-    order, from the candidates; or "low"/"high" if the bracket missed."""
-    below = torch.tensor([p.below for p in passes], dtype=torch.int64)
-    lo = torch.tensor([op.lo for op in ops], dtype=torch.int64)
-    hi = torch.tensor([op.hi for op in ops], dtype=torch.int64)
-    size = torch.tensor([op.size for op in ops], dtype=torch.int64)
+    ops: Sequence[FastOp], passes: Sequence[_Pass], table: _Table, target: int, comm: Comm
+) -> tuple[Tensor, list[Tensor], Tensor] | str:
+    """Exact per-op counts (table order), each local candidate's spared flag, and which
+    ops' counts fall in the bracket; or "low"/"high" if the bracket missed."""
+    n_ops = table.ids.numel()
+    position = table.position(_ids(ops))
+    below_local = torch.zeros(n_ops, dtype=torch.int64)
+    below_local.index_add_(0, position, torch.tensor([p.below for p in passes], dtype=torch.int64))
+    below = comm.sum(below_local)
+    lo, hi, size = table.lo, table.hi, table.size
     start = int((size * torch.clamp(below, lo, hi)).sum())
     if start >= target:
         return "low"
-    ranks = [_ranks(p.candidate_values) for p in passes]  # within each op: (value, index)
-    values = torch.cat([p.candidate_values for p in passes])
-    owner = torch.cat(
-        [torch.full((p.candidates.numel(),), i, dtype=torch.int64) for i, p in enumerate(passes)]
+    lengths = [p.candidates.numel() for p in passes]
+    local_values = (
+        torch.cat([p.candidate_values for p in passes])
+        if passes
+        else torch.zeros(0, dtype=torch.float64)
     )
-    order = torch.sort(values, stable=True).indices  # ties keep (op, index) order
-    owner = owner[order]
-    rank = torch.cat(ranks)[order]
-    counted = below[owner] + rank
-    gained = torch.where((counted >= lo[owner]) & (counted < hi[owner]), size[owner], 0)
+    local_owner = (
+        torch.repeat_interleave(position, torch.tensor(lengths, dtype=torch.int64))
+        if passes
+        else torch.zeros(0, dtype=torch.int64)
+    )
+    local_index = (
+        torch.cat(
+            [p.candidates.to(torch.int64) + op.offset for p, op in zip(passes, ops, strict=True)]
+        )
+        if passes
+        else torch.zeros(0, dtype=torch.int64)
+    )
+    values, sizes = comm.gather(local_values)
+    owner, _ = comm.gather(local_owner)
+    index, _ = comm.gather(local_index)
+    # The merged order: value, then op, then block index (the tie rule).
+    order = _lexsort(values, owner, index, presorted=comm.single)
+    owner_sorted = owner[order]
+    rank_sorted = _rank_within(owner_sorted, n_ops)  # (value, index) order within each op
+    counted = below[owner_sorted] + rank_sorted
+    gained = torch.where(
+        (counted >= lo[owner_sorted]) & (counted < hi[owner_sorted]), size[owner_sorted], 0
+    )
     reached = start + torch.cumsum(gained, 0)
     if reached.numel() == 0 or int(reached[-1]) < target:
         return "high"
@@ -332,5 +479,32 @@ def _solve_candidates(
     overshoot = int(reached[last]) - target
     if overshoot > 0 and overshoot >= int(gained[last]) - overshoot:
         last -= 1  # dropping the last block lands nearer (or as near): fewer
-    taken = torch.bincount(owner[: last + 1], minlength=len(ops))
-    return [int(k) for k in torch.clamp(below + taken, lo, hi)], ranks
+    taken = torch.bincount(owner_sorted[: last + 1], minlength=n_ops)
+    counts = torch.clamp(below + taken, lo, hi)
+    per_op = torch.bincount(owner, minlength=n_ops)
+    in_window = (counts >= below) & (counts <= below + per_op)
+    rank = torch.empty_like(rank_sorted)
+    rank[order] = rank_sorted
+    mine = sum(sizes[: comm.rank])
+    spared = rank[mine : mine + sum(lengths)] >= (counts - below)[local_owner]
+    return counts, list(torch.split(spared, lengths)), in_window
+
+
+def _lexsort(values: Tensor, owner: Tensor, index: Tensor, *, presorted: bool) -> Tensor:
+    """Order by (value, owner, index). ``presorted``: the input already runs in (owner,
+    index) order, so one stable sort by value is enough."""
+    if presorted:
+        return torch.sort(values, stable=True).indices
+    order = torch.sort(index, stable=True).indices
+    order = order[torch.sort(owner[order], stable=True).indices]
+    return order[torch.sort(values[order], stable=True).indices]
+
+
+def _rank_within(owner: Tensor, groups: int) -> Tensor:
+    """For a sequence of group ids: how many earlier entries share each entry's group."""
+    order = torch.sort(owner, stable=True).indices
+    counts = torch.bincount(owner, minlength=groups)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(owner)
+    rank[order] = torch.arange(owner.numel()) - starts[owner[order]]
+    return rank
