@@ -38,6 +38,8 @@ from prunekit.errors import ImpossibleTargetError
 GLOBAL_SAMPLE = 1 << 18
 LOCAL_SAMPLE = 1 << 14
 MARGIN_SIGMAS = 5.0
+# A bracket that misses is widened 8x, then 64x, then opened: the answer stays exact.
+_WIDENINGS = 4
 _SEED = 0x5EED
 
 
@@ -168,16 +170,24 @@ def _sample(values: Tensor, count: int, generator: torch.Generator) -> Tensor:
     return values.reshape(-1)[index].to(torch.float64)
 
 
-def _bracket(sorted_sample: Tensor, position: float) -> tuple[float | None, float | None]:
-    """Sample values ``MARGIN_SIGMAS`` standard deviations of rank around ``position``."""
+def _bracket(
+    sorted_sample: Tensor, position: float, widen: int = 0
+) -> tuple[float | None, float | None]:
+    """Sample values ``MARGIN_SIGMAS * 8**widen`` standard deviations of rank around
+    ``position``. The bracket ``[a, b)`` holds whole tie groups: ``a`` is a sample value and
+    ``b`` the next larger sample value, so a value shared by many blocks (bf16 scores) is
+    never split by the bracket's upper end."""
+    if widen >= _WIDENINGS - 1:
+        return None, None  # the last resort: every block is a candidate
     size = sorted_sample.numel()
     q = min(max(position / max(size, 1), 0.0), 1.0)
-    margin = MARGIN_SIGMAS * math.sqrt(size * q * (1 - q) + 1.0) + 2
+    margin = MARGIN_SIGMAS * 8**widen * math.sqrt(size * q * (1 - q) + 1.0) + 2
     low, high = math.floor(position - margin), math.ceil(position + margin)
     a = float(sorted_sample[low]) if low > 0 else None
-    b = float(sorted_sample[high]) if high < size else None
-    if a is not None and b is not None and a == b:
-        b = math.nextafter(b, math.inf)
+    b = None
+    if high < size:
+        above = int(torch.searchsorted(sorted_sample, sorted_sample[high : high + 1], right=True))
+        b = float(sorted_sample[above]) if above < size else None
     return a, b
 
 
@@ -197,8 +207,9 @@ def keep_all_but_lowest(
     generator = generator or torch.Generator().manual_seed(_SEED)
     scratch = scratch or _Scratch()
     sample = torch.sort(_sample(values, LOCAL_SAMPLE, generator)).values
-    a, b = _bracket(sample, k / n * sample.numel())
-    for _ in range(3):
+    position = k / n * sample.numel()
+    for widen in range(_WIDENINGS):
+        a, b = _bracket(sample, position, widen)
         found = _count_pass(values, a, b, scratch)
         take = k - found.below
         if 0 <= take <= found.candidates.numel():
@@ -206,8 +217,7 @@ def keep_all_but_lowest(
             return Resolution(k, b, found.candidates, rank >= take, found.keep).materialize(
                 FastOp(values, 1, 0, n)
             )
-        a, b = (None, b) if take < 0 else (a, None)  # widen the side that missed
-    raise AssertionError("unreachable: an open bracket holds every block")  # pragma: no cover
+    raise AssertionError("unreachable: the widest bracket holds every block")  # pragma: no cover
 
 
 def lowest_k(values: Tensor, k: int, *, generator: torch.Generator | None = None) -> Tensor:
@@ -326,12 +336,12 @@ def global_plan(
     if int((table.lo * table.size).sum()) >= target:
         return _per_op_plans(ops, table, table.lo, retain, scratch, comm)
     generator = torch.Generator().manual_seed(_SEED)
-    a, b = _global_bracket(ops, table, target, generator, comm)
-    for _ in range(3):
+    sample, position = _global_estimate(ops, table, target, generator, comm)
+    for widen in range(_WIDENINGS):
+        a, b = _bracket(sample, position, widen)
         passes = [_count_pass(op.get(), a, b, scratch, retain=retain) for op in ops]
         outcome = _solve_candidates(ops, passes, table, target, comm)
         if isinstance(outcome, str):
-            a, b = (None, b) if outcome == "low" else (a, None)
             continue
         counts, spared, in_window = outcome
         plans = [
@@ -388,11 +398,11 @@ def _global_sample(blocks: int) -> int:
     return max(GLOBAL_SAMPLE, min(1 << 22, blocks // 1024))
 
 
-def _global_bracket(
+def _global_estimate(
     ops: Sequence[FastOp], table: _Table, target: int, generator: torch.Generator, comm: Comm
-) -> tuple[float | None, float | None]:
-    """Estimate the threshold from a sample of every op (each sample stands for
-    ``blocks / samples`` blocks of its op), caps included."""
+) -> tuple[Tensor, float]:
+    """A sorted sample of every op's scores (each sample stands for ``blocks / samples``
+    blocks of its op) and the position in it where the capped total reaches ``target``."""
     blocks = int(table.blocks.sum())
     wanted = _global_sample(blocks)
     drawn = [_sample(op.get(), max(1, round(wanted * op.count / blocks)), generator) for op in ops]
@@ -426,7 +436,7 @@ def _global_bracket(
     )
     reached = start_elements + torch.cumsum(gained, 0)
     goal = torch.tensor([float(target)], dtype=torch.float64)
-    return _bracket(values[order], float(torch.searchsorted(reached, goal)))
+    return values[order], float(torch.searchsorted(reached, goal))
 
 
 def _solve_candidates(
