@@ -14,13 +14,15 @@ import prunekit as pk
 class OnDemandScores(Mapping[str, torch.Tensor]):
     """|w| computed at every access, nothing kept: what a 7B model needs."""
 
-    def __init__(self, modules: dict[str, nn.Module]) -> None:
+    def __init__(self, modules: dict[str, nn.Module], ties: bool = False) -> None:
         self.modules = modules
+        self.ties = ties
         self.reads = 0
 
     def __getitem__(self, name: str) -> torch.Tensor:
         self.reads += 1
-        return self.modules[name].weight.detach().abs()
+        scores = self.modules[name].weight.detach().abs()
+        return (scores * 50).round().to(torch.bfloat16) if self.ties else scores
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.modules)
@@ -36,7 +38,8 @@ def model() -> dict[str, nn.Module]:
 
 @pytest.mark.parametrize("spec", ["1x1", "4x1", "channelx1", "2:4", "filter", "weight"])
 @pytest.mark.parametrize("scope", ["local", "global"])
-def test_iter_masks_equals_get_masks(spec: str, scope: str) -> None:
+@pytest.mark.parametrize("ties", [False, True])
+def test_iter_masks_equals_get_masks(spec: str, scope: str, ties: bool) -> None:
     modules = model()
     if spec in {"filter"}:
         modules = {"c": modules["c"], "d": nn.Conv2d(4, 8, 3)}
@@ -44,8 +47,8 @@ def test_iter_masks_equals_get_masks(spec: str, scope: str) -> None:
     pattern = pk.get_pattern(
         {"pattern": spec, "pruning_scope": scope, "target_sparsity": target}, modules
     )
-    expected = pattern.get_masks({n: m.weight.detach().abs() for n, m in modules.items()}, target)
-    scores = OnDemandScores(modules)
+    scores = OnDemandScores(modules, ties)
+    expected = pattern.get_masks({n: scores[n] for n in modules}, target)
     seen = []
     for name, mask in pattern.iter_masks(scores, target):
         seen.append(name)

@@ -8,14 +8,16 @@ threshold is found in a few passes that only *compare and count*:
    the threshold lies, caps included, and gives a narrow **bracket** ``[a, b)`` around it;
 2. one **pass** per op counts the blocks below ``a``, keeps the comparison ``>= b`` (the bulk
    of the mask) and gathers the few **candidates** in ``[a, b)``;
-3. the candidates alone (sorted by score, then op, then index) settle the exact count of
-   every op under its caps, and which candidates go.
+3. the candidates, summed up as (score, count) pairs per op (a handful when scores are
+   bf16 and tie in large groups), settle the exact count of every op under its caps: each
+   op removes its blocks below a threshold score ``tau`` plus its first ``t`` blocks (by
+   index) scoring exactly ``tau``.
 
 The answer never depends on the sample: a bracket that misses the threshold (rare) is
 detected by the exact counts and widened, and the result is the same exact selection as
 the reference in :mod:`prunekit.patterns.selection` (ties to the earlier op, then the lower
 index; the total nearest to the target in whole blocks, half-way to fewer). Extra memory is
-one bool per block of the op being counted plus the candidates.
+one bool per block of the op being counted, plus the (score, count) pairs.
 
 This path handles blocks of equal size within each op (every divisible shape); layouts with
 partial edge blocks use the radix search in :mod:`prunekit.patterns.selection`.
@@ -77,42 +79,54 @@ class FastOp:
 
 @dataclass
 class Resolution:
-    """How to rebuild one op's keep mask once the counts are known, without holding it:
-    keep blocks at or above ``b``, plus the candidates flagged ``spared``; or, when the op's
-    own threshold lies outside the bracket, keep all but its ``k`` lowest."""
+    """One op's verdict: remove every block scoring below ``tau`` and the first ``ties``
+    blocks (by index) scoring exactly ``tau``; or, when ``tau`` is None, the op's own
+    threshold lies outside the bracket and its ``k`` lowest blocks are found on their own.
+
+    ``kept``/``candidates``/``candidate_values``: the counting pass's mask (blocks at or
+    above ``b``) and the blocks in the bracket, kept to rebuild the mask without another
+    pass; None in streaming use, where the mask is recomputed from the scores."""
 
     k: int
-    b: float | None = None
+    tau: float | None = None
+    ties: int = 0
+    kept: Tensor | None = None
     candidates: Tensor | None = None
-    spared: Tensor | None = None
-    keep: Tensor | None = None  # the mask itself, when it was kept from the pass
+    candidate_values: Tensor | None = None
 
     def materialize(self, op: FastOp, scratch: _Scratch | None = None) -> Tensor:
         """The op's bool keep mask (True = keep)."""
-        if self.candidates is None or self.spared is None:
+        if self.tau is None:
             return keep_all_but_lowest(op.get(), self.k, scratch=scratch)
-        if self.keep is not None:
-            keep = self.keep
-            self.keep = None
-        else:
-            values = op.get()
-            keep = (
-                values >= self.b
-                if self.b is not None
-                else torch.zeros(values.numel(), dtype=torch.bool, device=values.device)
-            )
-        keep[self.candidates[self.spared]] = True
+        if self.kept is not None and self.candidates is not None:
+            assert self.candidate_values is not None
+            keep, self.kept = self.kept, None
+            spared = self.candidate_values > self.tau
+            tied = torch.nonzero(self.candidate_values == self.tau).flatten()
+            spared[tied[self.ties :]] = True
+            keep[self.candidates[spared]] = True
+            return keep
+        values = op.get()
+        keep = values >= self.tau
+        if self.ties > 0:
+            raw = (scratch or _Scratch()).get(values.numel(), values.device)
+            flags = raw.view(torch.bool)
+            torch.eq(values, self.tau, out=flags[: values.numel()])
+            flags[values.numel() :] = False
+            keep[_sparse_nonzero(raw)[: self.ties]] = False
         return keep
 
 
 @dataclass
 class _Pass:
-    """What one counting pass learned about one op for a bracket ``[a, b)``."""
+    """What one counting pass learned about one op part for a bracket ``[a, b)``."""
 
     below: int  # blocks with value < a
-    keep: Tensor | None  # bool per block: value >= b (kept whatever the threshold in the bracket)
-    candidates: Tensor  # indices of blocks in [a, b), ascending
-    candidate_values: Tensor  # their values (float64), in index order
+    pair_values: Tensor  # distinct values in [a, b), ascending (float64)
+    pair_counts: Tensor  # how many blocks have each
+    kept: Tensor | None = None  # value >= b, when retained
+    candidates: Tensor | None = None  # indices of the blocks in [a, b), when retained
+    candidate_values: Tensor | None = None
 
 
 class _Scratch:
@@ -132,8 +146,8 @@ class _Scratch:
 def _count_pass(
     values: Tensor, a: float | None, b: float | None, scratch: _Scratch, *, retain: bool = True
 ) -> _Pass:
-    """One look at every block: how many lie below ``a``, which lie at or above ``b`` (the
-    returned keep mask) and which lie in between (the candidates)."""
+    """One look at every block: how many lie below ``a``, which lie at or above ``b`` and
+    which in between (summed up as (value, count) pairs)."""
     n = values.numel()
     raw = scratch.get(n, values.device)
     flags = raw.view(torch.bool)
@@ -147,7 +161,11 @@ def _count_pass(
     flags[:n].logical_or_(keep).logical_not_()  # neither below a nor kept: a candidate
     flags[n:] = False
     candidates = _sparse_nonzero(raw)
-    return _Pass(below, keep if retain else None, candidates, values[candidates].to(torch.float64))
+    candidate_values = values[candidates].to(torch.float64)
+    pair_values, pair_counts = torch.unique(candidate_values, sorted=True, return_counts=True)
+    if not retain:
+        return _Pass(below, pair_values, pair_counts)
+    return _Pass(below, pair_values, pair_counts, keep, candidates, candidate_values)
 
 
 def _sparse_nonzero(raw: Tensor) -> Tensor:
@@ -211,26 +229,42 @@ def keep_all_but_lowest(
     for widen in range(_WIDENINGS):
         a, b = _bracket(sample, position, widen)
         found = _count_pass(values, a, b, scratch)
-        take = k - found.below
-        if 0 <= take <= found.candidates.numel():
-            rank = _ranks(found.candidate_values)
-            return Resolution(k, b, found.candidates, rank >= take, found.keep).materialize(
-                FastOp(values, 1, 0, n)
+        verdict = _threshold(found.pair_values, found.pair_counts, k - found.below)
+        if verdict is not None:
+            tau, ties = verdict
+            floor = a if a is not None else -math.inf
+            plan = Resolution(
+                k,
+                tau if tau is not None else floor,
+                ties,
+                found.kept,
+                found.candidates,
+                found.candidate_values,
             )
+            return plan.materialize(FastOp(values, 1, 0, n), scratch)
     raise AssertionError("unreachable: the widest bracket holds every block")  # pragma: no cover
+
+
+def _threshold(
+    pair_values: Tensor, pair_counts: Tensor, take: int
+) -> tuple[float | None, int] | None:
+    """(tau, ties) to remove ``take`` blocks from the bracket's pairs: every block below
+    tau and ``ties`` blocks at tau (tau None: none from the bracket); None if ``take`` is
+    not within the bracket."""
+    total = int(pair_counts.sum())
+    if take < 0 or take > total:
+        return None
+    if take == 0:
+        return None, 0
+    cumulative = torch.cumsum(pair_counts, 0)
+    at = int(torch.searchsorted(cumulative, torch.tensor([take])))
+    before = int(cumulative[at - 1]) if at > 0 else 0
+    return float(pair_values[at]), take - before
 
 
 def lowest_k(values: Tensor, k: int, *, generator: torch.Generator | None = None) -> Tensor:
     """Bool per block: True for the ``k`` lowest values, ties to the lower index."""
     return ~keep_all_but_lowest(values, k, generator=generator)
-
-
-def _ranks(candidate_values: Tensor) -> Tensor:
-    """Each candidate's rank in (value, index) order; candidates come in index order."""
-    order = torch.sort(candidate_values, stable=True).indices
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.numel(), device=order.device)
-    return rank
 
 
 def global_select(ops: Sequence[FastOp], target: int, total: int | None = None) -> list[Tensor]:
@@ -312,15 +346,15 @@ def global_plan(
     scratch: _Scratch | None = None,
     comm: Comm = LOCAL,
 ) -> list[Resolution]:
-    """How each op's keep mask is rebuilt under global scope (see :func:`global_select`).
+    """Each op's verdict under global scope (see :func:`global_select`).
 
-    With ``retain=False`` no mask outlives its counting pass: only counts and candidates
-    (a fraction of a percent of the blocks) are kept, and :meth:`Resolution.materialize`
-    recomputes each mask with one comparison when it is wanted, one op at a time.
+    With ``retain=False`` no mask outlives its counting pass: only counts and (value,
+    count) pairs are kept, and :meth:`Resolution.materialize` recomputes each mask when it
+    is wanted, one op at a time.
 
     With a distributed ``comm``, ``ops`` are this rank's parts (whole ops or row shards,
     see :class:`FastOp`); every rank calls this with the same ``target``, and counts and
-    candidates are exchanged, never weights."""
+    pairs are exchanged, never weights."""
     ops = _numbered(ops)
     table = _op_table(ops, comm)
     reachable = int((table.hi * table.size).sum())
@@ -340,25 +374,36 @@ def global_plan(
     for widen in range(_WIDENINGS):
         a, b = _bracket(sample, position, widen)
         passes = [_count_pass(op.get(), a, b, scratch, retain=retain) for op in ops]
-        outcome = _solve_candidates(ops, passes, table, target, comm)
-        if isinstance(outcome, str):
+        outcome = _solve_pairs(ops, passes, table, target, comm)
+        if outcome is None:
             continue
-        counts, spared, in_window = outcome
-        plans = [
-            Resolution(int(counts[i]), b, found.candidates, flags, found.keep)
-            for found, flags, i in zip(
-                passes, spared, table.position(_ids(ops)).tolist(), strict=True
+        counts, verdicts = outcome
+        floor = a if a is not None else -math.inf
+        plans: list[Resolution] = []
+        outside = torch.zeros(table.ids.numel(), dtype=torch.bool)
+        for op, found, verdict in zip(ops, passes, verdicts, strict=True):
+            i = int(table.position(torch.tensor([op.op])))
+            if verdict is None:
+                outside[i] = True
+                plans.append(Resolution(int(counts[i])))
+                continue
+            tau, ties = verdict
+            plans.append(
+                Resolution(
+                    int(counts[i]),
+                    floor if tau is None else tau,
+                    ties,
+                    found.kept,
+                    found.candidates,
+                    found.candidate_values,
+                )
             )
-        ]
-        if not bool(in_window.all()):  # ops whose own threshold lies outside the bracket
-            outside = _per_op_plans(ops, table, counts, retain, scratch, comm, ~in_window)
-            plans = [o if o is not None else p for p, o in zip(plans, outside, strict=True)]
+        outside = comm.sum(outside.to(torch.int64)) > 0
+        if bool(outside.any()):  # ops whose own threshold lies outside the bracket
+            alone = _per_op_plans(ops, table, counts, retain, scratch, comm, outside)
+            plans = [o if o is not None else p for p, o in zip(plans, alone, strict=True)]
         return plans
     raise AssertionError("unreachable: an open bracket holds every block")  # pragma: no cover
-
-
-def _ids(ops: Sequence[FastOp]) -> Tensor:
-    return torch.tensor([op.op for op in ops], dtype=torch.int64)
 
 
 def _per_op_plans(
@@ -439,11 +484,11 @@ def _global_estimate(
     return values[order], float(torch.searchsorted(reached, goal))
 
 
-def _solve_candidates(
+def _solve_pairs(
     ops: Sequence[FastOp], passes: Sequence[_Pass], table: _Table, target: int, comm: Comm
-) -> tuple[Tensor, list[Tensor], Tensor] | str:
-    """Exact per-op counts (table order), each local candidate's spared flag, and which
-    ops' counts fall in the bracket; or "low"/"high" if the bracket missed."""
+) -> tuple[Tensor, list[tuple[float | None, int] | None]] | None:
+    """Exact per-op counts (table order) and each local part's (tau, ties) verdict (None:
+    outside the bracket), from every part's pairs; None if the bracket missed."""
     n_ops = table.ids.numel()
     position = table.position(_ids(ops))
     below_local = torch.zeros(n_ops, dtype=torch.int64)
@@ -452,52 +497,103 @@ def _solve_candidates(
     lo, hi, size = table.lo, table.hi, table.size
     start = int((size * torch.clamp(below, lo, hi)).sum())
     if start >= target:
-        return "low"
-    lengths = [p.candidates.numel() for p in passes]
-    local_values = (
-        torch.cat([p.candidate_values for p in passes])
-        if passes
-        else torch.zeros(0, dtype=torch.float64)
+        return None  # the threshold lies below a
+    lengths = torch.tensor([p.pair_values.numel() for p in passes], dtype=torch.int64)
+    values, _ = comm.gather(_cat([p.pair_values for p in passes], torch.float64))
+    counts, _ = comm.gather(_cat([p.pair_counts for p in passes], torch.int64))
+    owner, _ = comm.gather(torch.repeat_interleave(position, lengths))
+    offset, _ = comm.gather(
+        torch.repeat_interleave(torch.tensor([op.offset for op in ops], dtype=torch.int64), lengths)
     )
-    local_owner = (
-        torch.repeat_interleave(position, torch.tensor(lengths, dtype=torch.int64))
-        if passes
-        else torch.zeros(0, dtype=torch.int64)
-    )
-    local_index = (
-        torch.cat(
-            [p.candidates.to(torch.int64) + op.offset for p, op in zip(passes, ops, strict=True)]
-        )
-        if passes
-        else torch.zeros(0, dtype=torch.int64)
-    )
-    values, sizes = comm.gather(local_values)
-    owner, _ = comm.gather(local_owner)
-    index, _ = comm.gather(local_index)
-    # The merged order: value, then op, then block index (the tie rule).
-    order = _lexsort(values, owner, index, presorted=comm.single)
-    owner_sorted = owner[order]
-    rank_sorted = _rank_within(owner_sorted, n_ops)  # (value, index) order within each op
-    counted = below[owner_sorted] + rank_sorted
-    gained = torch.where(
-        (counted >= lo[owner_sorted]) & (counted < hi[owner_sorted]), size[owner_sorted], 0
-    )
-    reached = start + torch.cumsum(gained, 0)
+    # Sum the shards' pairs per (op, value), in (value, op) order: the tie rule between ops.
+    order = _lexsort(values, owner, torch.zeros_like(owner), presorted=False)
+    key_value, key_owner = values[order], owner[order]
+    new = torch.ones(order.numel(), dtype=torch.bool)
+    new[1:] = (key_value[1:] != key_value[:-1]) | (key_owner[1:] != key_owner[:-1])
+    group = torch.cumsum(new, 0) - 1
+    pair_owner = key_owner[new]
+    pair_count = torch.zeros(int(new.sum()), dtype=torch.int64).index_add_(0, group, counts[order])
+    # Blocks of the same op before each pair, and what each pair adds within the caps.
+    within = _exclusive_cumsum_by(pair_owner, pair_count, n_ops)
+    before = below[pair_owner] + within
+    lo_p, hi_p, size_p = lo[pair_owner], hi[pair_owner], size[pair_owner]
+    counted = torch.clamp(before + pair_count, lo_p, hi_p) - torch.clamp(before, lo_p, hi_p)
+    reached = start + torch.cumsum(counted * size_p, 0)
     if reached.numel() == 0 or int(reached[-1]) < target:
-        return "high"
-    last = int(torch.searchsorted(reached, torch.tensor([target])))
-    overshoot = int(reached[last]) - target
-    if overshoot > 0 and overshoot >= int(gained[last]) - overshoot:
-        last -= 1  # dropping the last block lands nearer (or as near): fewer
-    taken = torch.bincount(owner_sorted[: last + 1], minlength=n_ops)
-    counts = torch.clamp(below + taken, lo, hi)
-    per_op = torch.bincount(owner, minlength=n_ops)
-    in_window = (counts >= below) & (counts <= below + per_op)
-    rank = torch.empty_like(rank_sorted)
-    rank[order] = rank_sorted
-    mine = sum(sizes[: comm.rank])
-    spared = rank[mine : mine + sum(lengths)] >= (counts - below)[local_owner]
-    return counts, list(torch.split(spared, lengths)), in_window
+        return None  # the threshold lies at or above b
+    cross = int(torch.searchsorted(reached, torch.tensor([target])))
+    reached_before = int(reached[cross - 1]) if cross > 0 else start
+    need = target - reached_before
+    block = int(size_p[cross])
+    blocks_needed = -(-need // block)
+    overshoot = blocks_needed * block - need
+    if overshoot > 0 and overshoot >= block - overshoot:
+        blocks_needed -= 1  # dropping the last block lands nearer (or as near): fewer
+    first_counted = max(int(before[cross]), int(lo_p[cross])) - int(before[cross])
+    taken = torch.zeros(n_ops, dtype=torch.int64).index_add_(
+        0, pair_owner[:cross], pair_count[:cross]
+    )
+    taken[int(pair_owner[cross])] += first_counted + blocks_needed
+    op_counts = torch.clamp(below + taken, lo, hi)
+    return op_counts, _verdicts(
+        ops, passes, table, below, op_counts, values, counts, owner, offset, comm
+    )
+
+
+def _verdicts(
+    ops: Sequence[FastOp],
+    passes: Sequence[_Pass],
+    table: _Table,
+    below: Tensor,
+    op_counts: Tensor,
+    values: Tensor,
+    counts: Tensor,
+    owner: Tensor,
+    offset: Tensor,
+    comm: Comm,
+) -> list[tuple[float | None, int] | None]:
+    """Each local part's (tau, ties): the op's own threshold from its summed pairs, and the
+    part's share of the ties at tau (shards in row order)."""
+    verdicts: list[tuple[float | None, int] | None] = []
+    for op, found in zip(ops, passes, strict=True):
+        i = int(table.position(torch.tensor([op.op])))
+        mine = owner == i
+        take = int(op_counts[i]) - int(below[i])
+        merged_values, inverse = torch.unique(values[mine], sorted=True, return_inverse=True)
+        merged_counts = torch.zeros(merged_values.numel(), dtype=torch.int64).index_add_(
+            0, inverse, counts[mine]
+        )
+        verdict = _threshold(merged_values, merged_counts, take)
+        if verdict is None or verdict[0] is None:
+            verdicts.append(verdict)
+            continue
+        tau, ties = verdict
+        at_tau = mine & (values == tau)
+        earlier = int(counts[at_tau & (offset < op.offset)].sum())
+        local = found.pair_counts[found.pair_values == tau]
+        own = int(local.sum()) if local.numel() else 0
+        verdicts.append((tau, max(0, min(ties - earlier, own))))
+    return verdicts
+
+
+def _exclusive_cumsum_by(group: Tensor, amount: Tensor, groups: int) -> Tensor:
+    """For entries in sequence: the sum of ``amount`` over earlier entries of the same group."""
+    order = torch.sort(group, stable=True).indices
+    sorted_amount = amount[order]
+    running = torch.cumsum(sorted_amount, 0) - sorted_amount
+    totals = torch.zeros(groups, dtype=amount.dtype).index_add_(0, group, amount)
+    starts = torch.cumsum(totals, 0) - totals
+    result = torch.empty_like(amount)
+    result[order] = running - starts[group[order]]
+    return result
+
+
+def _ids(ops: Sequence[FastOp]) -> Tensor:
+    return torch.tensor([op.op for op in ops], dtype=torch.int64)
+
+
+def _cat(tensors: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
+    return torch.cat(list(tensors)) if tensors else torch.zeros(0, dtype=dtype)
 
 
 def _lexsort(values: Tensor, owner: Tensor, index: Tensor, *, presorted: bool) -> Tensor:
@@ -508,13 +604,3 @@ def _lexsort(values: Tensor, owner: Tensor, index: Tensor, *, presorted: bool) -
     order = torch.sort(index, stable=True).indices
     order = order[torch.sort(owner[order], stable=True).indices]
     return order[torch.sort(values[order], stable=True).indices]
-
-
-def _rank_within(owner: Tensor, groups: int) -> Tensor:
-    """For a sequence of group ids: how many earlier entries share each entry's group."""
-    order = torch.sort(owner, stable=True).indices
-    counts = torch.bincount(owner, minlength=groups)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.empty_like(owner)
-    rank[order] = torch.arange(owner.numel()) - starts[owner[order]]
-    return rank
