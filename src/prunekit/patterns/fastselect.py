@@ -446,42 +446,52 @@ def _global_sample(blocks: int) -> int:
 def _global_estimate(
     ops: Sequence[FastOp], table: _Table, target: int, generator: torch.Generator, comm: Comm
 ) -> tuple[Tensor, float]:
-    """A sorted sample of every op's scores (each sample stands for ``blocks / samples``
-    blocks of its op) and the position in it where the capped total reaches ``target``."""
+    """A sorted sample of every op's scores and the position in it where the estimated
+    capped total reaches ``target`` (each sample of an op stands for ``blocks / samples``
+    of its blocks). Found by bisection over per-op sorted samples, so the extra memory is
+    the sample itself (a few MB), whatever the model's size."""
     blocks = int(table.blocks.sum())
     wanted = _global_sample(blocks)
     drawn = [_sample(op.get(), max(1, round(wanted * op.count / blocks)), generator) for op in ops]
-    values, _ = comm.gather(torch.cat(drawn) if drawn else torch.zeros(0, dtype=torch.float64))
+    values, _ = comm.gather(_cat(drawn, torch.float64))
     owners, _ = comm.gather(
-        torch.cat(
+        _cat(
             [
                 torch.full((d.numel(),), op.op, dtype=torch.int64)
                 for d, op in zip(drawn, ops, strict=True)
-            ]
+            ],
+            torch.int64,
         )
-        if drawn
-        else torch.zeros(0, dtype=torch.int64)
     )
     owner = table.position(owners)
-    by_op = torch.sort(values, stable=True).indices
-    by_op = by_op[torch.sort(owner[by_op], stable=True).indices]  # (op, value) order
+    del owners
+    by_op = torch.sort(owner, stable=True).indices
     per_op = torch.bincount(owner, minlength=table.ids.numel())
-    start = torch.cumsum(per_op, 0) - per_op
-    rank = torch.empty_like(owner)
-    rank[by_op] = torch.arange(owner.numel()) - start[owner[by_op]]
-    order = torch.sort(values, stable=True).indices
-    owner, rank = owner[order], rank[order]
-    weight = (table.blocks.to(torch.float64) / per_op.clamp(min=1))[owner]
-    lo, hi = table.lo.to(torch.float64)[owner], table.hi.to(torch.float64)[owner]
-    size = table.size.to(torch.float64)[owner]
-    before = rank.to(torch.float64) * weight
-    gained = size * (torch.clamp(before + weight, lo, hi) - torch.clamp(before, lo, hi))
-    start_elements = float(
-        (table.size * torch.clamp(torch.zeros_like(table.lo), table.lo, table.hi)).sum()
-    )
-    reached = start_elements + torch.cumsum(gained, 0)
-    goal = torch.tensor([float(target)], dtype=torch.float64)
-    return values[order], float(torch.searchsorted(reached, goal))
+    samples = [torch.sort(part).values for part in torch.split(values[by_op], per_op.tolist())]
+    del by_op, owner
+    merged = torch.sort(values).values
+    del values
+    weight = table.blocks.to(torch.float64) / per_op.clamp(min=1)
+    lo, hi = table.lo.to(torch.float64), table.hi.to(torch.float64)
+    size = table.size.to(torch.float64)
+
+    def reached(r: int) -> float:
+        """Estimated elements removed with every sample up to merged[r] (inclusive)."""
+        value = merged[r : r + 1]
+        counts = torch.tensor(
+            [float(torch.searchsorted(part, value, right=True)) for part in samples],
+            dtype=torch.float64,
+        )
+        return float((size * torch.clamp(counts * weight, lo, hi)).sum())
+
+    low, high = 0, merged.numel()  # the first r whose estimate reaches the target
+    while low < high:
+        middle = (low + high) // 2
+        if reached(middle) >= target:
+            high = middle
+        else:
+            low = middle + 1
+    return merged, float(low)
 
 
 def _solve_pairs(
