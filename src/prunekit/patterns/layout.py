@@ -37,6 +37,12 @@ class BlockLayout(Protocol):
         ...
 
 
+def _accumulator(dtype: torch.dtype) -> torch.dtype:
+    """Block sums and means of half-precision scores are taken in float32, so that blocks do
+    not tie merely because bf16 rounded their means."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def to_2d(weight: Tensor) -> Tensor:
     """INC's 2-D view of a Linear or Conv weight: ``(out, prod(kernel) * in)``, in fastest."""
     if weight.dim() <= 2:
@@ -89,11 +95,11 @@ class GridLayout:
         tiles = view.reshape(self.grid[0], self.n, self.grid[1], self.m)
         if how == "max":
             return tiles.amax(dim=(1, 3)).reshape(-1)
-        total = tiles.sum(dim=(1, 3)).reshape(-1)
+        total = tiles.sum(dim=(1, 3), dtype=_accumulator(values.dtype)).reshape(-1)
         if how == "sum":
             return total
         if self.sizes is None:
-            return total / self.block_size
+            return total.div_(self.block_size)
         return total / self.sizes.to(device=total.device, dtype=total.dtype)
 
     def expand(self, block_values: Tensor) -> Tensor:
@@ -131,9 +137,9 @@ class AxisLayout:
         if how == "max":
             reduced = values.amax(dim=self.span)
         elif how == "sum":
-            reduced = values.sum(dim=self.span)
+            reduced = values.sum(dim=self.span, dtype=_accumulator(values.dtype))
         else:
-            reduced = values.mean(dim=self.span)
+            reduced = values.mean(dim=self.span, dtype=_accumulator(values.dtype))
         return reduced.reshape(-1)
 
     def expand(self, block_values: Tensor) -> Tensor:
