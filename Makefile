@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo lint typecheck bench clean
+.PHONY: venv test demo lint typecheck bench bench-scale bench-overhead bench-venv clean
 
 venv: $(STAMP)
 
@@ -25,8 +25,22 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests plugins examples benchmarks docs
 	$(BIN)/mypy
 
+# Benchmarks, never timed tests: `make bench ARGS=--markdown` prints the tables of
+# docs/performance.md. INC's contenders run where the `bench` extra is installed (in a venv of
+# its own, `make bench-venv`; then BENCH_PYTHON=.venv-bench/bin/python make bench).
+BENCH_PYTHON ?= $(BIN)/python
 bench: $(STAMP)
-	$(BIN)/python benchmarks/masks.py
+	$(BENCH_PYTHON) benchmarks/masks.py $(ARGS)
+
+bench-scale: $(STAMP)
+	$(BENCH_PYTHON) benchmarks/masks.py --scale $(ARGS)
+
+bench-overhead: $(STAMP)
+	$(BENCH_PYTHON) benchmarks/masks.py --overhead $(ARGS)
+
+bench-venv:
+	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/python -m pip install --quiet -c constraints.txt -e '.[bench]'
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info
