@@ -515,16 +515,29 @@ def _solve_pairs(
     offset, _ = comm.gather(
         torch.repeat_interleave(torch.tensor([op.offset for op in ops], dtype=torch.int64), lengths)
     )
-    # Sum the shards' pairs per (op, value), in (value, op) order: the tie rule between ops.
-    order = _lexsort(values, owner, torch.zeros_like(owner), presorted=False)
-    key_value, key_owner = values[order], owner[order]
-    new = torch.ones(order.numel(), dtype=torch.bool)
-    new[1:] = (key_value[1:] != key_value[:-1]) | (key_owner[1:] != key_owner[:-1])
-    group = torch.cumsum(new, 0) - 1
-    pair_owner = key_owner[new]
-    pair_count = torch.zeros(int(new.sum()), dtype=torch.int64).index_add_(0, group, counts[order])
-    # Blocks of the same op before each pair, and what each pair adds within the caps.
-    within = _exclusive_cumsum_by(pair_owner, pair_count, n_ops)
+    if comm.single:
+        # One part per op, in op order, each op's pairs ascending and distinct: a stable sort
+        # by value gives the (value, op) order, and within-op sums need no sort.
+        running = torch.cumsum(counts, 0) - counts
+        part = torch.repeat_interleave(torch.arange(len(passes)), lengths)
+        part_totals = torch.stack([p.pair_counts.sum() for p in passes]) if passes else counts
+        part_start = torch.cumsum(part_totals, 0) - part_totals
+        within_unsorted = running - part_start[part]
+        order = torch.sort(values, stable=True).indices
+        pair_owner, pair_count, within = owner[order], counts[order], within_unsorted[order]
+    else:
+        # Sum the shards' pairs per (op, value), in (value, op) order: the tie rule between ops.
+        order = _lexsort(values, owner, torch.zeros_like(owner), presorted=False)
+        key_value, key_owner = values[order], owner[order]
+        new = torch.ones(order.numel(), dtype=torch.bool)
+        new[1:] = (key_value[1:] != key_value[:-1]) | (key_owner[1:] != key_owner[:-1])
+        group = torch.cumsum(new, 0) - 1
+        pair_owner = key_owner[new]
+        pair_count = torch.zeros(int(new.sum()), dtype=torch.int64).index_add_(
+            0, group, counts[order]
+        )
+        # Blocks of the same op before each pair.
+        within = _exclusive_cumsum_by(pair_owner, pair_count, n_ops)
     before = below[pair_owner] + within
     lo_p, hi_p, size_p = lo[pair_owner], hi[pair_owner], size[pair_owner]
     counted = torch.clamp(before + pair_count, lo_p, hi_p) - torch.clamp(before, lo_p, hi_p)
@@ -565,6 +578,12 @@ def _verdicts(
     """Each local part's (tau, ties): the op's own threshold from its summed pairs, and the
     part's share of the ties at tau (shards in row order)."""
     verdicts: list[tuple[float | None, int] | None] = []
+    if comm.single:  # each op is one part: its own pairs are the whole op's
+        for op, found in zip(ops, passes, strict=True):
+            i = int(table.position(torch.tensor([op.op])))
+            take = int(op_counts[i]) - int(below[i])
+            verdicts.append(_threshold(found.pair_values, found.pair_counts, take))
+        return verdicts
     for op, found in zip(ops, passes, strict=True):
         i = int(table.position(torch.tensor([op.op])))
         mine = owner == i
