@@ -110,3 +110,15 @@ def test_pre_masks_keep_their_removed_weights_inside_the_group() -> None:
 def test_invalid_specs(spec: str, message: str) -> None:
     with pytest.raises(pk.ConfigError, match=message):
         pk.load_config({"pattern": spec})
+
+
+@pytest.mark.parametrize("m", [2, 4, 8])
+def test_pairwise_group_ranking_equals_a_stable_sort(m: int) -> None:
+    from prunekit.patterns.ninm import _lowest_in_groups
+
+    generator = torch.Generator().manual_seed(m)
+    keys = torch.randint(0, 3, (7, 11, m), generator=generator, dtype=torch.int32)  # many ties
+    for n in range(1, m):
+        lowest = torch.sort(keys, dim=2, stable=True).indices[..., :n]
+        expected = torch.zeros(keys.shape, dtype=torch.bool).scatter_(2, lowest, True)
+        assert torch.equal(_lowest_in_groups(keys, n), expected)

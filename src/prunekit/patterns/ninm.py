@@ -175,9 +175,7 @@ class NInMPattern(Pattern):
         keys = sortable_keys(layout.grouped(scores))
         if pre_mask is not None:  # weights already removed go first within their group
             keys[~layout.grouped(pre_mask.to(scores.device))] = removed_sentinel(keys)
-        lowest = torch.sort(keys, dim=2, stable=True).indices[..., : self.params["n"]]
-        in_group = torch.zeros(keys.shape, dtype=torch.bool, device=keys.device)
-        in_group.scatter_(2, lowest, True)
+        in_group = _lowest_in_groups(keys, self.params["n"])
         pruned_group = ~keep_blocks.reshape(layout.rows, layout.groups, 1)
         return _place(layout, ~(in_group & pruned_group))
 
@@ -189,6 +187,28 @@ class NInMPattern(Pattern):
             return False
         removed = (~layout.grouped(mask)).sum(dim=2)
         return bool((removed == self.params["n"]).all())
+
+
+_PAIRWISE_UP_TO = 8
+
+
+def _lowest_in_groups(keys: Tensor, n: int) -> Tensor:
+    """Bool ``(rows, groups, m)``: the ``n`` lowest keys of every group, ties to the lower
+    index. Small groups (2:4, 4:8) rank each weight by comparing it with the others, which
+    is several times faster than a sort along a dim of 4; larger groups sort."""
+    m = keys.shape[-1]
+    if m > _PAIRWISE_UP_TO:
+        lowest = torch.sort(keys, dim=2, stable=True).indices[..., :n]
+        chosen = torch.zeros(keys.shape, dtype=torch.bool, device=keys.device)
+        return chosen.scatter_(2, lowest, True)
+    rank = torch.zeros(keys.shape, dtype=torch.uint8, device=keys.device)
+    for j in range(m):
+        column = keys[..., j : j + 1]
+        # Weights before j that are <= it, and weights after j that are < it, rank below it.
+        rank[..., j] = (keys[..., :j] <= column).sum(dim=2, dtype=torch.uint8) + (
+            keys[..., j + 1 :] < column
+        ).sum(dim=2, dtype=torch.uint8)
+    return rank < n
 
 
 def _place(layout: GroupLayout, keep_groups: Tensor) -> Tensor:
