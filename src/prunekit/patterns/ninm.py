@@ -172,8 +172,11 @@ class NInMPattern(Pattern):
     ) -> Tensor:
         layout = self.layouts[name]
         assert isinstance(layout, GroupLayout)
-        keys = sortable_keys(layout.grouped(scores))
-        if pre_mask is not None:  # weights already removed go first within their group
+        grouped = layout.grouped(scores)
+        if pre_mask is None:
+            keys = grouped  # float comparisons order scores exactly (NaN was refused)
+        else:  # weights already removed go first within their group: integer keys, sentinel
+            keys = sortable_keys(grouped)
             keys[~layout.grouped(pre_mask.to(scores.device))] = removed_sentinel(keys)
         in_group = _lowest_in_groups(keys, self.params["n"])
         pruned_group = ~keep_blocks.reshape(layout.rows, layout.groups, 1)
