@@ -43,15 +43,11 @@ def decay(kind: str, init: float, final: float, progress: float) -> float:
     raise ValueError(f"sparsity_decay_type: {kind!r} is not one of linear, cube, exp, cos")
 
 
-def iterative(config: PruningConfig) -> StepToSparsity:
-    """INC's iterative schedule: from 0 at ``start_step`` to the target at ``end_step``,
-    updated every ``pruning_frequency`` steps, shaped by ``sparsity_decay_type``."""
-    start, end = config.start_step, config.end_step
-    frequency, target, kind = (
-        config.pruning_frequency,
-        config.target_sparsity,
-        config.sparsity_decay_type,
-    )
+def _ramp(config: PruningConfig, shape: Callable[[float], float]) -> StepToSparsity:
+    """0 before ``start_step``, the target from ``end_step`` on, and in between
+    ``shape(progress)`` with progress in [0, 1) updated every ``pruning_frequency`` steps."""
+    start, end, frequency = config.start_step, config.end_step, config.pruning_frequency
+    target = config.target_sparsity
 
     def at(step: int) -> float:
         if step < start:
@@ -59,9 +55,16 @@ def iterative(config: PruningConfig) -> StepToSparsity:
         if step >= end:
             return target
         last_update = start + ((step - start) // frequency) * frequency
-        return decay(kind, 0.0, target, (last_update - start) / (end - start))
+        return shape((last_update - start) / (end - start))
 
     return at
+
+
+def iterative(config: PruningConfig) -> StepToSparsity:
+    """INC's iterative schedule: from 0 at ``start_step`` to the target at ``end_step``,
+    updated every ``pruning_frequency`` steps, shaped by ``sparsity_decay_type``."""
+    kind, target = config.sparsity_decay_type, config.target_sparsity
+    return _ramp(config, lambda progress: decay(kind, 0.0, target, progress))
 
 
 def identity(config: PruningConfig) -> StepToSparsity:
@@ -91,19 +94,8 @@ def agp(config: PruningConfig) -> StepToSparsity:
     """fasterai's ``agp``, Zhu and Gupta's automated gradual pruning: ``s_f * (1 - (1 - p)^3)``
     from ``start_step`` to ``end_step`` every ``pruning_frequency`` steps: fast early, slow
     late (INC's ``cube`` is the opposite)."""
-    start, end, frequency = config.start_step, config.end_step, config.pruning_frequency
     target = config.target_sparsity
-
-    def at(step: int) -> float:
-        if step < start:
-            return 0.0
-        if step >= end:
-            return target
-        last_update = start + ((step - start) // frequency) * frequency
-        progress = (last_update - start) / (end - start)
-        return float(target * (1 - (1 - progress) ** 3))
-
-    return at
+    return _ramp(config, lambda progress: float(target * (1 - (1 - progress) ** 3)))
 
 
 @hookimpl

@@ -71,6 +71,18 @@ class BlockOptions(ReduceOptions):
     )
 
 
+# Every module whose weight prunekit knows the layout of (patterns narrow this down).
+WEIGHT_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+
+
 class Pattern:
     """Base class of every pattern: turns scores into bool masks (True = keep).
 

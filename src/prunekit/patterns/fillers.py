@@ -22,18 +22,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from prunekit.hookspecs import Register, hookimpl
-from prunekit.patterns.base import Masks, Pattern, PatternOptions
+from prunekit.patterns.base import WEIGHT_MODULES, Masks, Pattern, PatternOptions
 from prunekit.patterns.layout import AxisLayout, BlockLayout, Reduce
-
-_ALL_WEIGHTS: tuple[type[nn.Module], ...] = (
-    nn.Linear,
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-)
 
 
 class RandomFiller(Pattern):
@@ -41,7 +31,7 @@ class RandomFiller(Pattern):
 
     description = "N2D2's Random filler: random weights, exact count, reproducible per seed"
     Options = PatternOptions
-    module_types = _ALL_WEIGHTS
+    module_types = WEIGHT_MODULES
 
     def layout(self, name: str, module: nn.Module) -> BlockLayout | None:
         return AxisLayout(self.shapes[name], ())
@@ -73,7 +63,7 @@ class IterNonStructFiller(Pattern):
 
     description = "N2D2's IterNonStruct filler: below delta, 2*delta, ... until exactly the target"
     Options = IterNonStructOptions
-    module_types = _ALL_WEIGHTS
+    module_types = WEIGHT_MODULES
 
     def layout(self, name: str, module: nn.Module) -> BlockLayout | None:
         return AxisLayout(self.shapes[name], ())

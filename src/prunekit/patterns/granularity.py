@@ -19,7 +19,7 @@ from torch import nn
 
 from prunekit.errors import UnsupportedModuleError
 from prunekit.hookspecs import Register, hookimpl
-from prunekit.patterns.base import Pattern, ReduceOptions
+from prunekit.patterns.base import WEIGHT_MODULES, Pattern, ReduceOptions
 from prunekit.patterns.layout import AxisLayout, BlockLayout
 
 # Where each named dim sits in a module's weight; a dim a kind lacks (kh of a Conv1d) has
@@ -66,16 +66,6 @@ GRANULARITIES: dict[str, tuple[tuple[str, ...], tuple[str, ...] | None, str]] = 
 }
 _CONV3D_ONLY = {"depth", "shared_depth"}
 
-_MODULE_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Linear,
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-)
-
 
 def applicable_names(module: nn.Module) -> list[str]:
     """The granularity names that apply to ``module``'s type."""
@@ -109,7 +99,7 @@ class GranularityPattern(Pattern):
 
     granularity: ClassVar[str] = ""
     Options = ReduceOptions
-    module_types = _MODULE_TYPES
+    module_types = WEIGHT_MODULES
 
     def _check_module(self, name: str, module: nn.Module) -> None:
         super()._check_module(name, module)

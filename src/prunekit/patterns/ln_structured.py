@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from prunekit.errors import ImpossibleTargetError, UnsupportedModuleError
 from prunekit.hookspecs import Register, hookimpl
-from prunekit.patterns.base import Pattern, PatternOptions
+from prunekit.patterns.base import WEIGHT_MODULES, Pattern, PatternOptions
 from prunekit.patterns.layout import AxisLayout, BlockLayout, Reduce
 from prunekit.patterns.selection import OpBlocks, cap_counts
 
@@ -148,15 +148,7 @@ class LnStructuredPattern(Pattern):
     description = "Whole channels along dim with the lowest Ln norm (torch's LnStructured)"
     Options = LnStructuredOptions
     # dim is explicit, so any weight works, transposed convs ((in, out, *kernel)) included.
-    module_types = (
-        nn.Linear,
-        nn.Conv1d,
-        nn.Conv2d,
-        nn.Conv3d,
-        nn.ConvTranspose1d,
-        nn.ConvTranspose2d,
-        nn.ConvTranspose3d,
-    )
+    module_types = WEIGHT_MODULES
 
     def __init__(
         self, config: PruningConfig | Mapping[str, Any], modules: Mapping[str, nn.Module]
