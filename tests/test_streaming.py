@@ -70,3 +70,13 @@ def test_iter_masks_applied_in_place_one_op_at_a_time() -> None:
             modules[name].weight.mul_(mask)
     zeros = sum(int((m.weight == 0).sum()) for m in modules.values())
     assert zeros == round(0.5 * total)
+
+
+def test_freed_memory_is_given_back_on_glibc() -> None:
+    import sys
+
+    from prunekit._memory import _trim, release_freed_memory
+
+    release_freed_memory()  # never raises, whatever the C library
+    if sys.platform.startswith("linux"):
+        assert _trim() is not None

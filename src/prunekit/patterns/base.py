@@ -24,6 +24,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from prunekit._memory import release_freed_memory
 from prunekit.errors import ImpossibleTargetError, ScoreError, UnsupportedModuleError
 from prunekit.patterns.fastselect import FastOp, global_plan, keep_all_but_lowest
 from prunekit.patterns.layout import BlockLayout, Reduce
@@ -289,15 +290,19 @@ class Pattern:
         if keeps is None:
             kept = self._exact_keep(names, scores, pre, how, target)
             keeps = {n: partial(_identity, kept[n]) for n in names}
-        return self._expanded(scores, pre, keeps)
+        return self._expanded(scores, pre, keeps, streaming=streaming)
 
     def _expanded(
         self,
         scores: Mapping[str, Tensor],
         pre: Mapping[str, Tensor],
         keeps: Mapping[str, Callable[[], Tensor]],
+        *,
+        streaming: bool = False,
     ) -> Iterator[tuple[str, Tensor]]:
         for name in self.shapes:
+            if streaming:
+                release_freed_memory()  # the previous op's buffers, before the next op's
             if name in self.layouts:
                 mask = self.expand_blocks(name, keeps[name](), scores[name], pre.get(name))
             else:

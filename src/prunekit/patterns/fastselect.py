@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from prunekit._memory import release_freed_memory
 from prunekit.errors import ImpossibleTargetError
 
 # Sample sizes: a bracket of +-MARGIN_SIGMAS standard deviations of the sample quantile holds
@@ -374,6 +375,8 @@ def global_plan(
     for widen in range(_WIDENINGS):
         a, b = _bracket(sample, position, widen)
         passes = [_count_pass(op.get(), a, b, scratch, retain=retain) for op in ops]
+        if not retain:
+            release_freed_memory()
         outcome = _solve_pairs(ops, passes, table, target, comm)
         if outcome is None:
             continue
