@@ -151,16 +151,15 @@ def _count_pass(
     which in between (summed up as (value, count) pairs)."""
     n = values.numel()
     raw = scratch.get(n, values.device)
-    flags = raw.view(torch.bool)
+    flags = raw[:n]  # uint8 0/1: comparisons into bytes run about twice as fast as into bools
     keep = values >= b if b is not None else torch.zeros(n, dtype=torch.bool, device=values.device)
     if a is None:
-        below = 0
-        flags[:n] = False
+        flags.fill_(1)
     else:
-        torch.lt(values, a, out=flags[:n])
-        below = int(torch.count_nonzero(flags[:n]))
-    flags[:n].logical_or_(keep).logical_not_()  # neither below a nor kept: a candidate
-    flags[n:] = False
+        torch.ge(values, a, out=flags)
+    below = n - int(torch.count_nonzero(flags))
+    flags.sub_(keep.view(torch.uint8))  # at or above a, but not kept: a candidate (keep <= it)
+    raw[n:] = 0
     candidates = _sparse_nonzero(raw)
     candidate_values = values[candidates].to(torch.float64)
     pair_values, pair_counts = torch.unique(candidate_values, sorted=True, return_counts=True)
