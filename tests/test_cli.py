@@ -23,8 +23,11 @@ def test_patterns_table_lists_name_family_owner_description() -> None:
     lines = result.stdout.splitlines()
     nxm = next(line for line in lines if line.startswith("│ NxM"))
     assert "4x1" in nxm and "prunekit (built-in)" in nxm and "N x M tiles" in nxm
+    assert "blocks (INC)" in nxm
     diagonal = next(line for line in lines if "block_diagonal" in line)
     assert "prunekit-example" in diagonal
+    kernel = next(line for line in lines if line.startswith("│ kernel "))
+    assert "granularity (fasterai)" in kernel and "prunekit (built-in)" in kernel
 
 
 def test_patterns_filter(capsys: pytest.CaptureFixture[str]) -> None:

@@ -23,7 +23,9 @@ def _patterns(args: argparse.Namespace, console: Console) -> int:
     for column in ("name", "family", "registered by", "description"):
         table.add_column(column, overflow="fold")
     for entry in entries:
-        family = f"grammar, e.g. {', '.join(entry.examples[:4])}" if entry.is_family else ""
+        family = getattr(entry.obj, "family", "") or ""
+        if entry.is_family:
+            family += f"{'; ' if family else ''}specs: {', '.join(entry.examples[:4])}, ..."
         table.add_row(entry.name, family, entry.owner_label(), entry.description)
     console.print(table)
     return 0

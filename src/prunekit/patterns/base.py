@@ -88,12 +88,14 @@ class Pattern:
     """Base class of every pattern: turns scores into bool masks (True = keep).
 
     Class attributes a subclass may set: ``description`` (one line, for ``prunekit
-    patterns``), ``spec`` and ``spec_examples`` (a family grammar, a regular expression that
-    must match a whole spec, with examples), ``Options`` (its config fields) and
-    ``module_types`` (the modules it can prune).
+    patterns``), ``family`` (the kind of pattern, for listings), ``spec`` and
+    ``spec_examples`` (a family grammar, a regular expression that must match a whole spec,
+    with examples), ``Options`` (its config fields) and ``module_types`` (the modules it
+    can prune).
     """
 
     description: ClassVar[str] = ""
+    family: ClassVar[str] = ""  # the kind of pattern, for listings ("granularity", ...)
     spec: ClassVar[str | None] = None
     spec_examples: ClassVar[tuple[str, ...]] = ()
     Options: ClassVar[type[PatternOptions]] = BlockOptions

@@ -30,6 +30,7 @@ class RandomFiller(Pattern):
     """N2D2's Random filler: a random mask with the exact count, seeded by config.seed."""
 
     description = "N2D2's Random filler: random weights, exact count, reproducible per seed"
+    family = "filler (N2D2)"
     Options = PatternOptions
     module_types = WEIGHT_MODULES
 
@@ -62,6 +63,7 @@ class IterNonStructFiller(Pattern):
     """N2D2's IterNonStruct filler with an exact target (lowest scores first)."""
 
     description = "N2D2's IterNonStruct filler: below delta, 2*delta, ... until exactly the target"
+    family = "filler (N2D2)"
     Options = IterNonStructOptions
     module_types = WEIGHT_MODULES
 

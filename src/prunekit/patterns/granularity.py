@@ -98,6 +98,7 @@ class GranularityPattern(Pattern):
     """Blocks spanning the dims a fasterai granularity names; one subclass per name."""
 
     granularity: ClassVar[str] = ""
+    family = "granularity (fasterai)"
     Options = ReduceOptions
     module_types = WEIGHT_MODULES
 

@@ -146,6 +146,7 @@ class LnStructuredPattern(Pattern):
     """Whole channels along ``dim`` with the lowest Ln norm (torch's LnStructured)."""
 
     description = "Whole channels along dim with the lowest Ln norm (torch's LnStructured)"
+    family = "channels by norm (torch)"
     Options = LnStructuredOptions
     # dim is explicit, so any weight works, transposed convs ((in, out, *kernel)) included.
     module_types = WEIGHT_MODULES

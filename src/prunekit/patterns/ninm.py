@@ -74,6 +74,7 @@ class NInMPattern(Pattern):
     """N of every M consecutive input-side weights removed (N counts removed, as in INC)."""
 
     description = "N of every M consecutive input-side weights removed (N counts removed, as INC)"
+    family = "N:M groups (INC)"
     spec = _SPEC
     spec_examples = ("2:4", "1:4", "4:8", "1:2", "2:8")
 

@@ -26,6 +26,7 @@ class NxMPattern(Pattern):
     """N x M tiles on the (out, kernel*in) view; 'channel' spans a whole dim."""
 
     description = "N x M tiles on INC's (out, kernel*in) view; 'channel' spans a whole dim"
+    family = "blocks (INC)"
     spec = _SPEC
     spec_examples = ("1x1", "2x1", "4x1", "1x4", "2x2", "4x4", "channelx1", "1xchannel")
 

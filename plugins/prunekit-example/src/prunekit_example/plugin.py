@@ -137,6 +137,7 @@ class BlockDiagonalPattern(prunekit.Pattern):
         "whole cyclic block diagonals of a G x G tile grid on INC's (out, kernel*in) "
         "view; every tile-row/column keeps the same number of tiles"
     )
+    family = "structured (example plugin)"
     Options = BlockDiagonalOptions
     module_types = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
