@@ -529,7 +529,7 @@ def _solve_pairs(
         pair_owner, pair_count, within = owner[order], counts[order], within_unsorted[order]
     else:
         # Sum the shards' pairs per (op, value), in (value, op) order: the tie rule between ops.
-        order = _lexsort(values, owner, torch.zeros_like(owner), presorted=False)
+        order = _by_value_then_owner(values, owner)
         key_value, key_owner = values[order], owner[order]
         new = torch.ones(order.numel(), dtype=torch.bool)
         new[1:] = (key_value[1:] != key_value[:-1]) | (key_owner[1:] != key_owner[:-1])
@@ -627,11 +627,7 @@ def _cat(tensors: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
     return torch.cat(list(tensors)) if tensors else torch.zeros(0, dtype=dtype)
 
 
-def _lexsort(values: Tensor, owner: Tensor, index: Tensor, *, presorted: bool) -> Tensor:
-    """Order by (value, owner, index). ``presorted``: the input already runs in (owner,
-    index) order, so one stable sort by value is enough."""
-    if presorted:
-        return torch.sort(values, stable=True).indices
-    order = torch.sort(index, stable=True).indices
-    order = order[torch.sort(owner[order], stable=True).indices]
+def _by_value_then_owner(values: Tensor, owner: Tensor) -> Tensor:
+    """The order of entries by (value, owner): two stable sorts."""
+    order = torch.sort(owner, stable=True).indices
     return order[torch.sort(values[order], stable=True).indices]

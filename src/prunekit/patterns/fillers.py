@@ -26,16 +26,21 @@ from prunekit.patterns.base import WEIGHT_MODULES, Masks, Pattern, PatternOption
 from prunekit.patterns.layout import AxisLayout, BlockLayout, Reduce
 
 
-class RandomFiller(Pattern):
-    """N2D2's Random filler: a random mask with the exact count, seeded by config.seed."""
+class _Filler(Pattern):
+    """An N2D2 filler: every weight is its own block, on any weight-carrying module."""
 
-    description = "N2D2's Random filler: random weights, exact count, reproducible per seed"
     family = "filler (N2D2)"
     Options = PatternOptions
     module_types = WEIGHT_MODULES
 
     def layout(self, name: str, module: nn.Module) -> BlockLayout | None:
         return AxisLayout(self.shapes[name], ())
+
+
+class RandomFiller(_Filler):
+    """N2D2's Random filler: a random mask with the exact count, seeded by config.seed."""
+
+    description = "N2D2's Random filler: random weights, exact count, reproducible per seed"
 
     def generator(self, name: str) -> torch.Generator:
         """The op's generator: ``config.seed`` mixed with a stable hash of the op name."""
@@ -59,16 +64,11 @@ class IterNonStructOptions(PatternOptions):
     )
 
 
-class IterNonStructFiller(Pattern):
+class IterNonStructFiller(_Filler):
     """N2D2's IterNonStruct filler with an exact target (lowest scores first)."""
 
     description = "N2D2's IterNonStruct filler: below delta, 2*delta, ... until exactly the target"
-    family = "filler (N2D2)"
     Options = IterNonStructOptions
-    module_types = WEIGHT_MODULES
-
-    def layout(self, name: str, module: nn.Module) -> BlockLayout | None:
-        return AxisLayout(self.shapes[name], ())
 
     def get_masks(
         self,
