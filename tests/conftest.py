@@ -19,7 +19,13 @@ settings.register_profile(
 settings.register_profile(
     "dev", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
-settings.load_profile("ci" if os.environ.get("CI") else "dev")
+# A long run by hand after changing a fast path: PRUNEKIT_HYPOTHESIS=stress pytest tests/...
+settings.register_profile(
+    "stress", max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck)
+)
+settings.load_profile(
+    os.environ.get("PRUNEKIT_HYPOTHESIS") or ("ci" if os.environ.get("CI") else "dev")
+)
 
 
 @pytest.fixture(autouse=True)

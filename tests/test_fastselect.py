@@ -25,7 +25,8 @@ def problems(draw: st.DrawFn) -> tuple[list[torch.Tensor], list[int], list[int],
     for _ in range(ops):
         n = draw(st.integers(1, 300))
         generator = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
-        v = torch.randn(n, generator=generator)
+        # Ops on different scales: caps then hold some ops far from the global threshold.
+        v = torch.randn(n, generator=generator) * draw(st.sampled_from([1.0, 1.0, 0.01, 100.0]))
         if ties:
             v = (v * 2).round()  # a handful of distinct values
         if draw(st.booleans()):
@@ -94,3 +95,36 @@ def test_large_problem_matches_a_full_sort() -> None:
     chosen = torch.zeros(550_000, dtype=torch.bool)
     chosen[order] = True
     assert torch.equal(torch.cat(got), chosen)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_ops_held_by_their_caps_cost_one_pass_and_match_the_reference(
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BERT's fc2 layers: smaller weights than the rest, so a global threshold would remove
+    more than the 0.98 cap allows. They are bracketed around their own cap-th score and
+    settled in the same single pass as every other op."""
+    generator = torch.Generator().manual_seed(11)
+    scales = [1.0, 1.0, 0.25, 1.0, 0.25]
+    values = [
+        (torch.rand(n, generator=generator) * s).to(dtype)
+        for n, s in zip((200_000, 150_000, 300_000, 100_000, 250_000), scales, strict=True)
+    ]
+    hi = [int(0.98 * v.numel()) for v in values]
+    lo = [int(0.1 * v.numel()) for v in values]
+    target = int(0.8 * sum(v.numel() for v in values))
+    passes = []
+    original = fastselect._count_pass
+
+    def counted(*args: object, **kwargs: object) -> object:
+        passes.append(1)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fastselect, "_count_pass", counted)
+    ops = [FastOp(v, 1, a, b) for v, a, b in zip(values, lo, hi, strict=True)]
+    got = [~keep for keep in global_select(ops, target)]
+    assert len(passes) == len(values)
+    expected = reference(values, [1] * len(values), lo, hi, target)
+    assert [int(g.sum()) for g in got][2] == hi[2]  # the small-scale ops are held by the cap
+    for g, e in zip(got, expected, strict=True):
+        assert torch.equal(g, e)

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from prunekit._memory import release_freed_memory
 from prunekit.errors import ImpossibleTargetError
+from prunekit.patterns.hostops import count_true, order_by_value, sorted_values, value_pairs
 
 # Sample sizes: a bracket of +-MARGIN_SIGMAS standard deviations of the sample quantile holds
 # the threshold with overwhelming probability and about 10/sqrt(S) of the blocks.
@@ -123,7 +124,7 @@ class _Pass:
     """What one counting pass learned about one op part for a bracket ``[a, b)``."""
 
     below: int  # blocks with value < a
-    pair_values: Tensor  # distinct values in [a, b), ascending (float64)
+    pair_values: Tensor  # distinct values in [a, b), ascending (float32, or float64)
     pair_counts: Tensor  # how many blocks have each
     kept: Tensor | None = None  # value >= b, when retained
     candidates: Tensor | None = None  # indices of the blocks in [a, b), when retained
@@ -149,20 +150,26 @@ def _count_pass(
 ) -> _Pass:
     """One look at every block: how many lie below ``a``, which lie at or above ``b`` and
     which in between (summed up as (value, count) pairs)."""
+    values = values.reshape(-1)
     n = values.numel()
     raw = scratch.get(n, values.device)
     flags = raw[:n]  # uint8 0/1: comparisons into bytes run about twice as fast as into bools
-    keep = values >= b if b is not None else torch.zeros(n, dtype=torch.bool, device=values.device)
+    if b is None:
+        keep = torch.zeros(n, dtype=torch.bool, device=values.device)
+    else:
+        fresh = torch.empty(n, dtype=torch.uint8, device=values.device)
+        keep = torch.ge(values, b, out=fresh).view(torch.bool)
     if a is None:
         flags.fill_(1)
+        below = 0
     else:
         torch.ge(values, a, out=flags)
-    below = n - int(torch.count_nonzero(flags))
+        below = n - count_true(flags)
     flags.sub_(keep.view(torch.uint8))  # at or above a, but not kept: a candidate (keep <= it)
     raw[n:] = 0
     candidates = _sparse_nonzero(raw)
-    candidate_values = values[candidates].to(torch.float64)
-    pair_values, pair_counts = torch.unique(candidate_values, sorted=True, return_counts=True)
+    candidate_values = values[candidates]
+    pair_values, pair_counts = value_pairs(candidate_values)
     if not retain:
         return _Pass(below, pair_values, pair_counts)
     return _Pass(below, pair_values, pair_counts, keep, candidates, candidate_values)
@@ -224,7 +231,7 @@ def keep_all_but_lowest(
         return torch.zeros(n, dtype=torch.bool, device=values.device)
     generator = generator or torch.Generator().manual_seed(_SEED)
     scratch = scratch or _Scratch()
-    sample = torch.sort(_sample(values, LOCAL_SAMPLE, generator)).values
+    sample = sorted_values(_sample(values, LOCAL_SAMPLE, generator))
     position = k / n * sample.numel()
     for widen in range(_WIDENINGS):
         a, b = _bracket(sample, position, widen)
@@ -370,30 +377,33 @@ def global_plan(
     if int((table.lo * table.size).sum()) >= target:
         return _per_op_plans(ops, table, table.lo, retain, scratch, comm)
     generator = torch.Generator().manual_seed(_SEED)
-    sample, position = _global_estimate(ops, table, target, generator, comm)
+    estimate = _global_estimate(ops, table, target, generator, comm)
     for widen in range(_WIDENINGS):
-        a, b = _bracket(sample, position, widen)
-        passes = [_count_pass(op.get(), a, b, scratch, retain=retain) for op in ops]
+        brackets = _brackets(estimate, table, widen)
+        where = table.position(_ids(ops)).tolist()
+        passes = [
+            _count_pass(op.get(), brackets.low[i], brackets.high[i], scratch, retain=retain)
+            for op, i in zip(ops, where, strict=True)
+        ]
         if not retain:
             release_freed_memory()
-        outcome = _solve_pairs(ops, passes, table, target, comm)
+        outcome = _solve_pairs(ops, passes, table, target, comm, brackets)
         if outcome is None:
             continue
         counts, verdicts = outcome
-        floor = a if a is not None else -math.inf
         plans: list[Resolution] = []
         outside = torch.zeros(table.ids.numel(), dtype=torch.bool)
-        for op, found, verdict in zip(ops, passes, verdicts, strict=True):
-            i = int(table.position(torch.tensor([op.op])))
+        for found, verdict, i in zip(passes, verdicts, where, strict=True):
             if verdict is None:
                 outside[i] = True
                 plans.append(Resolution(int(counts[i])))
                 continue
             tau, ties = verdict
+            floor = brackets.low[i]
             plans.append(
                 Resolution(
                     int(counts[i]),
-                    floor if tau is None else tau,
+                    (floor if floor is not None else -math.inf) if tau is None else tau,
                     ties,
                     found.kept,
                     found.candidates,
@@ -401,7 +411,7 @@ def global_plan(
                 )
             )
         outside = comm.sum(outside.to(torch.int64)) > 0
-        if bool(outside.any()):  # ops whose own threshold lies outside the bracket
+        if bool(outside.any()):  # ops whose own threshold lies outside their bracket
             alone = _per_op_plans(ops, table, counts, retain, scratch, comm, outside)
             plans = [o if o is not None else p for p, o in zip(plans, alone, strict=True)]
         return plans
@@ -445,13 +455,25 @@ def _global_sample(blocks: int) -> int:
     return max(GLOBAL_SAMPLE, min(1 << 22, blocks // 1024))
 
 
+@dataclass
+class _Estimate:
+    """Where the sample says the threshold lies (identical on every rank)."""
+
+    merged: Tensor  # every op's sampled scores, ascending (float64)
+    position: float  # where in ``merged`` the estimated capped total reaches the target
+    samples: list[Tensor]  # each op's sampled scores, ascending (table order)
+    weight: Tensor  # blocks each of an op's samples stands for
+    guess: Tensor  # blocks each op would remove at the estimated threshold, caps ignored
+
+
 def _global_estimate(
     ops: Sequence[FastOp], table: _Table, target: int, generator: torch.Generator, comm: Comm
-) -> tuple[Tensor, float]:
-    """A sorted sample of every op's scores and the position in it where the estimated
-    capped total reaches ``target`` (each sample of an op stands for ``blocks / samples``
-    of its blocks). Found by bisection over per-op sorted samples, so the extra memory is
-    the sample itself (a few MB), whatever the model's size."""
+) -> _Estimate:
+    """A sample of every op's scores (``blocks / samples`` blocks per sample) and the point
+    in their merged order where the estimated capped total reaches ``target``: each sample,
+    in ascending order, adds its op's capped increment, so one sort and one cumulative sum
+    give the estimate at every point. The extra memory is the sample itself (a few MB),
+    whatever the model's size."""
     blocks = int(table.blocks.sum())
     wanted = _global_sample(blocks)
     drawn = [_sample(op.get(), max(1, round(wanted * op.count / blocks)), generator) for op in ops]
@@ -465,82 +487,165 @@ def _global_estimate(
             torch.int64,
         )
     )
+    del drawn
+    n_ops = table.ids.numel()
     owner = table.position(owners)
     del owners
-    by_op = torch.sort(owner, stable=True).indices
-    per_op = torch.bincount(owner, minlength=table.ids.numel())
-    samples = [torch.sort(part).values for part in torch.split(values[by_op], per_op.tolist())]
-    del by_op, owner
-    merged = torch.sort(values).values
+    if owner.numel() > 1 and bool((owner[1:] < owner[:-1]).any()):
+        by_op = torch.sort(owner, stable=True).indices
+        values, owner = values[by_op], owner[by_op]
+    per_op = torch.bincount(owner, minlength=n_ops)
+    samples = [sorted_values(part) for part in torch.split(values, per_op.tolist())]
+    grouped = _cat(samples, torch.float64)
     del values
+    starts = torch.cumsum(per_op, 0) - per_op
+    rank = torch.arange(1, grouped.numel() + 1, dtype=torch.int64) - starts[owner]
+    order = order_by_value(grouped)  # equal values: the lower op first
+    merged, owner, rank = grouped[order], owner[order], rank[order]
+    del grouped, order
     weight = table.blocks.to(torch.float64) / per_op.clamp(min=1)
     lo, hi = table.lo.to(torch.float64), table.hi.to(torch.float64)
     size = table.size.to(torch.float64)
+    w, low, high = weight[owner], lo[owner], hi[owner]
+    step = size[owner] * (torch.clamp(rank * w, low, high) - torch.clamp((rank - 1) * w, low, high))
+    reached = float((size * lo).sum()) + torch.cumsum(step, 0)
+    del w, low, high, step, rank
+    position = int(torch.searchsorted(reached, torch.tensor([float(target)], dtype=torch.float64)))
+    position = min(position, merged.numel() - 1)
+    guess = torch.bincount(owner[:position], minlength=n_ops).to(torch.float64) * weight
+    return _Estimate(merged, float(position), samples, weight, guess)
 
-    def reached(r: int) -> float:
-        """Estimated elements removed with every sample up to merged[r] (inclusive)."""
-        value = merged[r : r + 1]
-        counts = torch.tensor(
-            [float(torch.searchsorted(part, value, right=True)) for part in samples],
-            dtype=torch.float64,
-        )
-        return float((size * torch.clamp(counts * weight, lo, hi)).sum())
 
-    low, high = 0, merged.numel()  # the first r whose estimate reaches the target
-    while low < high:
-        middle = (low + high) // 2
-        if reached(middle) >= target:
-            high = middle
-        else:
-            low = middle + 1
-    return merged, float(low)
+@dataclass
+class _Brackets:
+    """The global bracket ``[a, b)`` (None: open) and each op's own (table order).
+
+    An op whose estimated count is held by a cap is bracketed around its own cap-th score
+    instead: when that bracket lies wholly below ``a`` (or above ``b``), the op is
+    *saturated* over the global bracket and one pass settles both its count and its mask;
+    when the two overlap, the op gets their hull."""
+
+    a: float | None
+    b: float | None
+    low: list[float | None]
+    high: list[float | None]
+
+
+def _brackets(estimate: _Estimate, table: _Table, widen: int) -> _Brackets:
+    a, b = _bracket(estimate.merged, estimate.position, widen)
+    low: list[float | None] = []
+    high: list[float | None] = []
+    guesses, weights = estimate.guess.tolist(), estimate.weight.tolist()
+    for i, (guess, weight) in enumerate(zip(guesses, weights, strict=True)):
+        lo, hi = int(table.lo[i]), int(table.hi[i])
+        cap = hi if guess > hi else lo if guess < lo else None
+        if cap is None:
+            low.append(a)
+            high.append(b)
+            continue
+        own_a, own_b = _bracket(estimate.samples[i], cap / weight, widen)
+        wholly_below = cap == hi and own_b is not None and a is not None and own_b <= a
+        wholly_above = cap == lo and own_a is not None and b is not None and own_a >= b
+        if wholly_below or wholly_above:
+            low.append(own_a)
+            high.append(own_b)
+        else:  # the hull of both
+            low.append(None if own_a is None or a is None else min(own_a, a))
+            high.append(None if own_b is None or b is None else max(own_b, b))
+    return _Brackets(a, b, low, high)
 
 
 def _solve_pairs(
-    ops: Sequence[FastOp], passes: Sequence[_Pass], table: _Table, target: int, comm: Comm
+    ops: Sequence[FastOp],
+    passes: Sequence[_Pass],
+    table: _Table,
+    target: int,
+    comm: Comm,
+    brackets: _Brackets,
 ) -> tuple[Tensor, list[tuple[float | None, int] | None]] | None:
     """Exact per-op counts (table order) and each local part's (tau, ties) verdict (None:
-    outside the bracket), from every part's pairs; None if the bracket missed."""
+    outside its bracket), from every part's pairs; None if a bracket missed.
+
+    The threshold is sought in the global bracket ``[a, b)``: every op's count below ``a``
+    (its blocks below its own bracket and its pairs below ``a``), then the pairs in
+    ``[a, b)`` in (value, op) order. An op bracketed apart must be saturated there: all its
+    pairs lie below ``a`` and reach its upper cap, or above ``b`` with its count below them
+    within its lower cap; else the bracket missed."""
     n_ops = table.ids.numel()
+    a = brackets.a if brackets.a is not None else -math.inf
+    b = brackets.b if brackets.b is not None else math.inf
     position = table.position(_ids(ops))
-    below_local = torch.zeros(n_ops, dtype=torch.int64)
-    below_local.index_add_(0, position, torch.tensor([p.below for p in passes], dtype=torch.int64))
-    below = comm.sum(below_local)
+    under_a = torch.tensor(
+        [int(p.pair_counts[p.pair_values < a].sum()) for p in passes], dtype=torch.int64
+    )
+    own_below = torch.tensor([p.below for p in passes], dtype=torch.int64)
+    local = torch.zeros(2, n_ops, dtype=torch.int64)
+    local[0].index_add_(0, position, own_below)
+    local[1].index_add_(0, position, under_a)
+    summed = comm.sum(local.reshape(-1)).reshape(2, n_ops)
+    below, below_a = summed[0], summed[0] + summed[1]
     lo, hi, size = table.lo, table.hi, table.size
-    start = int((size * torch.clamp(below, lo, hi)).sum())
+    high = torch.tensor([math.inf if h is None else h for h in brackets.high], dtype=torch.float64)
+    low = torch.tensor([-math.inf if v is None else v for v in brackets.low], dtype=torch.float64)
+    apart_below, apart_above = high <= a, low >= b
+    if bool((below_a[apart_below] < hi[apart_below]).any()):
+        return None  # an op bracketed below a does not reach its upper cap there
+    if bool((below[apart_above] > lo[apart_above]).any()):
+        return None  # an op bracketed above b removes more than its lower cap below b
+    start = int((size * torch.clamp(below_a, lo, hi)).sum())
     if start >= target:
         return None  # the threshold lies below a
-    lengths = torch.tensor([p.pair_values.numel() for p in passes], dtype=torch.int64)
-    values, _ = comm.gather(_cat([p.pair_values for p in passes], torch.float64))
-    counts, _ = comm.gather(_cat([p.pair_counts for p in passes], torch.int64))
-    owner, _ = comm.gather(torch.repeat_interleave(position, lengths))
-    offset, _ = comm.gather(
-        torch.repeat_interleave(torch.tensor([op.offset for op in ops], dtype=torch.int64), lengths)
-    )
+    where = position.tolist()
+    if comm.single:
+        values = counts = owner = offset = torch.zeros(0)  # _verdicts reads each pass's own
+        walked = [_in_walk(p, brackets, i, a, b) for p, i in zip(passes, where, strict=True)]
+        dtype = _pair_dtype([v for v, _ in walked])
+        walk_values = _cat([v.to(dtype) for v, _ in walked], dtype)
+        walk_counts = _cat([c for _, c in walked], torch.int64)
+        walk_owner = torch.repeat_interleave(
+            position, torch.tensor([c.numel() for _, c in walked], dtype=torch.int64)
+        )
+    else:
+        lengths = torch.tensor([p.pair_values.numel() for p in passes], dtype=torch.int64)
+        values, _ = comm.gather(
+            _cat([p.pair_values.to(torch.float64) for p in passes], torch.float64)
+        )
+        counts, _ = comm.gather(_cat([p.pair_counts for p in passes], torch.int64))
+        owner, _ = comm.gather(torch.repeat_interleave(position, lengths))
+        offset, _ = comm.gather(
+            torch.repeat_interleave(
+                torch.tensor([op.offset for op in ops], dtype=torch.int64), lengths
+            )
+        )
+        inside = (values >= a) & (values < b)
+        walk_values, walk_counts, walk_owner = values[inside], counts[inside], owner[inside]
     if comm.single:
         # One part per op, in op order, each op's pairs ascending and distinct: a stable sort
         # by value gives the (value, op) order, and within-op sums need no sort.
-        running = torch.cumsum(counts, 0) - counts
-        part = torch.repeat_interleave(torch.arange(len(passes)), lengths)
-        part_totals = torch.stack([p.pair_counts.sum() for p in passes]) if passes else counts
-        part_start = torch.cumsum(part_totals, 0) - part_totals
-        within_unsorted = running - part_start[part]
-        order = torch.sort(values, stable=True).indices
-        pair_owner, pair_count, within = owner[order], counts[order], within_unsorted[order]
+        running = torch.cumsum(walk_counts, 0) - walk_counts
+        totals = torch.zeros(n_ops, dtype=torch.int64).index_add_(0, walk_owner, walk_counts)
+        op_start = torch.cumsum(totals, 0) - totals
+        within_unsorted = running - op_start[walk_owner]
+        order = order_by_value(walk_values)
+        pair_owner, pair_count, within = (
+            walk_owner[order],
+            walk_counts[order],
+            within_unsorted[order],
+        )
     else:
         # Sum the shards' pairs per (op, value), in (value, op) order: the tie rule between ops.
-        order = _by_value_then_owner(values, owner)
-        key_value, key_owner = values[order], owner[order]
+        order = _by_value_then_owner(walk_values, walk_owner)
+        key_value, key_owner = walk_values[order], walk_owner[order]
         new = torch.ones(order.numel(), dtype=torch.bool)
         new[1:] = (key_value[1:] != key_value[:-1]) | (key_owner[1:] != key_owner[:-1])
         group = torch.cumsum(new, 0) - 1
         pair_owner = key_owner[new]
         pair_count = torch.zeros(int(new.sum()), dtype=torch.int64).index_add_(
-            0, group, counts[order]
+            0, group, walk_counts[order]
         )
         # Blocks of the same op before each pair.
         within = _exclusive_cumsum_by(pair_owner, pair_count, n_ops)
-    before = below[pair_owner] + within
+    before = below_a[pair_owner] + within
     lo_p, hi_p, size_p = lo[pair_owner], hi[pair_owner], size[pair_owner]
     counted = torch.clamp(before + pair_count, lo_p, hi_p) - torch.clamp(before, lo_p, hi_p)
     reached = start + torch.cumsum(counted * size_p, 0)
@@ -559,7 +664,7 @@ def _solve_pairs(
         0, pair_owner[:cross], pair_count[:cross]
     )
     taken[int(pair_owner[cross])] += first_counted + blocks_needed
-    op_counts = torch.clamp(below + taken, lo, hi)
+    op_counts = torch.clamp(below_a + taken, lo, hi)
     return op_counts, _verdicts(
         ops, passes, table, below, op_counts, values, counts, owner, offset, comm
     )
@@ -605,6 +710,22 @@ def _verdicts(
         own = int(local.sum()) if local.numel() else 0
         verdicts.append((tau, max(0, min(ties - earlier, own))))
     return verdicts
+
+
+def _in_walk(
+    found: _Pass, brackets: _Brackets, i: int, a: float, b: float
+) -> tuple[Tensor, Tensor]:
+    """A pass's pairs in the global bracket ``[a, b)``: all of them unless op ``i`` was
+    bracketed apart or wider."""
+    if brackets.low[i] is brackets.a and brackets.high[i] is brackets.b:
+        return found.pair_values, found.pair_counts
+    inside = (found.pair_values >= a) & (found.pair_values < b)
+    return found.pair_values[inside], found.pair_counts[inside]
+
+
+def _pair_dtype(values: Sequence[Tensor]) -> torch.dtype:
+    """float32 unless some op's scores are float64: pairs compare and sort faster narrow."""
+    return torch.float64 if any(v.dtype == torch.float64 for v in values) else torch.float32
 
 
 def _exclusive_cumsum_by(group: Tensor, amount: Tensor, groups: int) -> Tensor:
