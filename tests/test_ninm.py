@@ -112,13 +112,15 @@ def test_invalid_specs(spec: str, message: str) -> None:
         pk.load_config({"pattern": spec})
 
 
-@pytest.mark.parametrize("m", [2, 4, 8])
-def test_pairwise_group_ranking_equals_a_stable_sort(m: int) -> None:
-    from prunekit.patterns.ninm import _lowest_in_groups
+@pytest.mark.parametrize("m", [2, 3, 4, 8, 16])
+@pytest.mark.parametrize("dtype", [torch.int32, torch.float32, torch.bfloat16])
+def test_group_ranking_equals_a_stable_sort(m: int, dtype: torch.dtype) -> None:
+    from prunekit.patterns.ninm import _kept_in_groups
 
     generator = torch.Generator().manual_seed(m)
-    keys = torch.randint(0, 3, (7, 11, m), generator=generator, dtype=torch.int32)  # many ties
+    keys = torch.randint(-2, 3, (7, 11, m), generator=generator, dtype=torch.int32)  # many ties
+    keys = keys.to(dtype)
     for n in range(1, m):
-        lowest = torch.sort(keys, dim=2, stable=True).indices[..., :n]
-        expected = torch.zeros(keys.shape, dtype=torch.bool).scatter_(2, lowest, True)
-        assert torch.equal(_lowest_in_groups(keys, n), expected)
+        lowest = torch.sort(keys.to(torch.float64), dim=2, stable=True).indices[..., :n]
+        expected = torch.ones(keys.shape, dtype=torch.bool).scatter_(2, lowest, False)
+        assert torch.equal(_kept_in_groups(keys, n), expected)

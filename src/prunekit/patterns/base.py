@@ -331,11 +331,9 @@ class Pattern:
             return None
         ops: list[FastOp] = []
         for name in names:
-            values = (
-                None
-                if streaming and name not in pre
-                else self._block_values(name, scores[name], how)
-            )
+            # Block scores are computed when first needed: an op that removes all or none of
+            # its blocks (N:M at N/M) never needs them.
+            values = self._block_values(name, scores[name], how) if name in pre else None
             removed_before = 0
             if name in pre:
                 assert values is not None
@@ -350,17 +348,17 @@ class Pattern:
                 )
                 del values
             else:
-                source = self._fast_values(name, scores, pre, how, values)
-            ops.append(
-                FastOp(source, self.layouts[name].block_size, lo, hi, self.layouts[name].num_blocks)
-            )
+                source = _Once(partial(self._fast_values, name, scores, pre, how, values))
+            layout = self.layouts[name]
+            device = scores[name].device
+            ops.append(FastOp(source, layout.block_size, lo, hi, layout.num_blocks, device=device))
         if self.config.pruning_scope == "local":
             counts = [
                 self.local_block_count(n, _as_op_blocks(op), target)
                 for n, op in zip(names, ops, strict=True)
             ]
             return {
-                n: partial(lambda op, k: keep_all_but_lowest(op.get(), k), op, k)
+                n: partial(_keep_all_but_lowest, op, k)
                 for n, op, k in zip(names, ops, counts, strict=True)
             }
         total = sum(self.layout_elements(n) for n in names)
@@ -498,6 +496,27 @@ class Pattern:
 
 def _identity(value: Tensor) -> Tensor:
     return value
+
+
+class _Once:
+    """A computation run on the first call and remembered for the next ones."""
+
+    def __init__(self, compute: Callable[[], Tensor]) -> None:
+        self.compute = compute
+        self.value: Tensor | None = None
+
+    def __call__(self) -> Tensor:
+        if self.value is None:
+            self.value = self.compute()
+        return self.value
+
+
+def _keep_all_but_lowest(op: FastOp, k: int) -> Tensor:
+    """The op's kept blocks when it removes its ``k`` lowest; its scores are not computed
+    when it removes none or all."""
+    if k <= 0 or k >= op.count:
+        return torch.full((op.count,), k <= 0, dtype=torch.bool, device=op.device)
+    return keep_all_but_lowest(op.get(), k)
 
 
 def _as_op_blocks(op: FastOp) -> OpBlocks:

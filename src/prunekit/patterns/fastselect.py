@@ -65,12 +65,15 @@ class FastOp:
     op: int = -1  # global op id: ties between ops go to the lower id
     offset: int = 0  # index of this part's first block in the whole op (row shards)
     whole: int = -1  # blocks of the whole op (all parts); lo and hi are for the whole op
+    device: torch.device | None = None  # where the scores live, when ``values`` is a function
 
     def __post_init__(self) -> None:
         if self.count < 0:
             if callable(self.values):
                 raise ValueError("FastOp: give count when values is a function")
             self.count = self.values.numel()
+        if self.device is None and not callable(self.values):
+            self.device = self.values.device
         if self.whole < 0:
             self.whole = self.count
 
@@ -98,6 +101,8 @@ class Resolution:
 
     def materialize(self, op: FastOp, scratch: _Scratch | None = None) -> Tensor:
         """The op's bool keep mask (True = keep)."""
+        if self.tau is None and (self.k <= 0 or self.k >= op.count) and op.whole == op.count:
+            return torch.full((op.count,), self.k <= 0, dtype=torch.bool, device=op.device)
         if self.tau is None:
             return keep_all_but_lowest(op.get(), self.k, scratch=scratch)
         if self.kept is not None and self.candidates is not None:
@@ -376,6 +381,8 @@ def global_plan(
     scratch = scratch or _Scratch()
     if int((table.lo * table.size).sum()) >= target:
         return _per_op_plans(ops, table, table.lo, retain, scratch, comm)
+    if reachable == target:  # every op at its upper cap (N:M at N/M)
+        return _per_op_plans(ops, table, table.hi, retain, scratch, comm)
     generator = torch.Generator().manual_seed(_SEED)
     estimate = _global_estimate(ops, table, target, generator, comm)
     for widen in range(_WIDENINGS):
