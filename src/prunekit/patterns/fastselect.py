@@ -28,14 +28,21 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from prunekit._memory import release_freed_memory
 from prunekit.errors import ImpossibleTargetError
-from prunekit.patterns.hostops import count_true, order_by_value, sorted_values, value_pairs
+from prunekit.patterns.hostops import (
+    count_true,
+    greater_equal,
+    kth_smallest,
+    order_by_value,
+    sorted_values,
+    value_pairs,
+)
 
 # Sample sizes: a bracket of +-MARGIN_SIGMAS standard deviations of the sample quantile holds
 # the threshold with overwhelming probability and about 10/sqrt(S) of the blocks.
@@ -126,14 +133,52 @@ class Resolution:
 
 @dataclass
 class _Pass:
-    """What one counting pass learned about one op part for a bracket ``[a, b)``."""
+    """What one counting pass learned about one op part for a bracket ``[a, b)``: the
+    blocks below ``a``, the candidates in ``[a, b)`` and, when retained, the mask of those
+    at or above ``b``. Without retention only the candidates' (value, count) pairs are kept
+    (a handful when scores are bf16 and tie in large groups)."""
 
     below: int  # blocks with value < a
-    pair_values: Tensor  # distinct values in [a, b), ascending (float32, or float64)
-    pair_counts: Tensor  # how many blocks have each
+    candidate_values: Tensor | None = None  # values in [a, b), in index order
     kept: Tensor | None = None  # value >= b, when retained
     candidates: Tensor | None = None  # indices of the blocks in [a, b), when retained
-    candidate_values: Tensor | None = None
+    pairs: tuple[Tensor, Tensor] | None = None
+
+    @property
+    def pair_values(self) -> Tensor:
+        """The distinct candidate values, ascending (float32, or float64)."""
+        return self._pairs()[0]
+
+    @property
+    def pair_counts(self) -> Tensor:
+        """How many candidates have each of :attr:`pair_values`."""
+        return self._pairs()[1]
+
+    def _pairs(self) -> tuple[Tensor, Tensor]:
+        if self.pairs is None:
+            assert self.candidate_values is not None
+            self.pairs = value_pairs(self.candidate_values)
+        return self.pairs
+
+    @property
+    def count(self) -> int:
+        """How many candidates."""
+        if self.candidate_values is not None:
+            return self.candidate_values.numel()
+        return int(self.pair_counts.sum())
+
+    def count_below(self, value: float) -> int:
+        """How many candidates score below ``value``."""
+        if self.candidate_values is not None:
+            return count_true(self.candidate_values < value)
+        return int(self.pair_counts[self.pair_values < value].sum())
+
+    def verdict(self, take: int) -> tuple[float | None, int] | None:
+        """(tau, ties) that remove ``take`` candidates, lowest first (see :func:`_threshold`)."""
+        if self.candidate_values is None or take <= 0 or take > self.count:
+            return _threshold(self.pair_values, self.pair_counts, take)
+        tau = kth_smallest(self.candidate_values, take)
+        return tau, take - self.count_below(tau)
 
 
 class _Scratch:
@@ -162,22 +207,20 @@ def _count_pass(
     if b is None:
         keep = torch.zeros(n, dtype=torch.bool, device=values.device)
     else:
-        fresh = torch.empty(n, dtype=torch.uint8, device=values.device)
-        keep = torch.ge(values, b, out=fresh).view(torch.bool)
+        keep = greater_equal(values, b)
     if a is None:
         flags.fill_(1)
         below = 0
     else:
-        torch.ge(values, a, out=flags)
+        greater_equal(values, a, out=flags)
         below = n - count_true(flags)
     flags.sub_(keep.view(torch.uint8))  # at or above a, but not kept: a candidate (keep <= it)
     raw[n:] = 0
     candidates = _sparse_nonzero(raw)
     candidate_values = values[candidates]
-    pair_values, pair_counts = value_pairs(candidate_values)
     if not retain:
-        return _Pass(below, pair_values, pair_counts)
-    return _Pass(below, pair_values, pair_counts, keep, candidates, candidate_values)
+        return _Pass(below, pairs=value_pairs(candidate_values))
+    return _Pass(below, candidate_values, keep, candidates)
 
 
 def _sparse_nonzero(raw: Tensor) -> Tensor:
@@ -241,7 +284,7 @@ def keep_all_but_lowest(
     for widen in range(_WIDENINGS):
         a, b = _bracket(sample, position, widen)
         found = _count_pass(values, a, b, scratch)
-        verdict = _threshold(found.pair_values, found.pair_counts, k - found.below)
+        verdict = found.verdict(k - found.below)
         if verdict is not None:
             tau, ties = verdict
             floor = a if a is not None else -math.inf
@@ -583,7 +626,11 @@ def _solve_pairs(
     b = brackets.b if brackets.b is not None else math.inf
     position = table.position(_ids(ops))
     under_a = torch.tensor(
-        [int(p.pair_counts[p.pair_values < a].sum()) for p in passes], dtype=torch.int64
+        [
+            0 if _global_bracket(brackets, i) else p.count_below(a)
+            for p, i in zip(passes, position.tolist(), strict=True)
+        ],
+        dtype=torch.int64,
     )
     own_below = torch.tensor([p.below for p in passes], dtype=torch.int64)
     local = torch.zeros(2, n_ops, dtype=torch.int64)
@@ -603,6 +650,11 @@ def _solve_pairs(
     if start >= target:
         return None  # the threshold lies below a
     where = position.tolist()
+    one_size = bool((size == size[0]).all()) if size.numel() else True
+    if comm.single and one_size and all(p.candidate_values is not None for p in passes):
+        solved = _solve_by_kth(passes, where, table, target, brackets, below, below_a, start)
+        if solved is not False:
+            return solved
     if comm.single:
         values = counts = owner = offset = torch.zeros(0)  # _verdicts reads each pass's own
         walked = [_in_walk(p, brackets, i, a, b) for p, i in zip(passes, where, strict=True)]
@@ -626,19 +678,24 @@ def _solve_pairs(
         )
         inside = (values >= a) & (values < b)
         walk_values, walk_counts, walk_owner = values[inside], counts[inside], owner[inside]
+    in_range = torch.zeros(n_ops, dtype=torch.int64).index_add_(0, walk_owner, walk_counts)
+    walked_ops = in_range > 0
+    # No cap binds anywhere in [a, b) (the usual case): every pair counts in full.
+    free = bool(
+        ((below_a >= lo) & (below_a + in_range <= hi))[walked_ops].all()
+        if bool(walked_ops.any())
+        else True
+    )
+    within: Tensor | None = None
     if comm.single:
         # One part per op, in op order, each op's pairs ascending and distinct: a stable sort
         # by value gives the (value, op) order, and within-op sums need no sort.
-        running = torch.cumsum(walk_counts, 0) - walk_counts
-        totals = torch.zeros(n_ops, dtype=torch.int64).index_add_(0, walk_owner, walk_counts)
-        op_start = torch.cumsum(totals, 0) - totals
-        within_unsorted = running - op_start[walk_owner]
         order = order_by_value(walk_values)
-        pair_owner, pair_count, within = (
-            walk_owner[order],
-            walk_counts[order],
-            within_unsorted[order],
-        )
+        pair_owner, pair_count = walk_owner[order], walk_counts[order]
+        if not free:
+            running = torch.cumsum(walk_counts, 0) - walk_counts
+            op_start = torch.cumsum(in_range, 0) - in_range
+            within = (running - op_start[walk_owner])[order]
     else:
         # Sum the shards' pairs per (op, value), in (value, op) order: the tie rule between ops.
         order = _by_value_then_owner(walk_values, walk_owner)
@@ -650,27 +707,35 @@ def _solve_pairs(
         pair_count = torch.zeros(int(new.sum()), dtype=torch.int64).index_add_(
             0, group, walk_counts[order]
         )
-        # Blocks of the same op before each pair.
-        within = _exclusive_cumsum_by(pair_owner, pair_count, n_ops)
-    before = below_a[pair_owner] + within
-    lo_p, hi_p, size_p = lo[pair_owner], hi[pair_owner], size[pair_owner]
-    counted = torch.clamp(before + pair_count, lo_p, hi_p) - torch.clamp(before, lo_p, hi_p)
+        if not free:  # blocks of the same op before each pair
+            within = _exclusive_cumsum_by(pair_owner, pair_count, n_ops)
+    size_p = size[:1] if one_size else size[pair_owner]
+    if within is None:
+        counted = pair_count
+    else:
+        before = below_a[pair_owner] + within
+        lo_p, hi_p = lo[pair_owner], hi[pair_owner]
+        counted = torch.clamp(before + pair_count, lo_p, hi_p) - torch.clamp(before, lo_p, hi_p)
     reached = start + torch.cumsum(counted * size_p, 0)
     if reached.numel() == 0 or int(reached[-1]) < target:
         return None  # the threshold lies at or above b
     cross = int(torch.searchsorted(reached, torch.tensor([target])))
     reached_before = int(reached[cross - 1]) if cross > 0 else start
     need = target - reached_before
-    block = int(size_p[cross])
+    crossing_op = int(pair_owner[cross])
+    block = int(size[crossing_op])
     blocks_needed = -(-need // block)
     overshoot = blocks_needed * block - need
     if overshoot > 0 and overshoot >= block - overshoot:
         blocks_needed -= 1  # dropping the last block lands nearer (or as near): fewer
-    first_counted = max(int(before[cross]), int(lo_p[cross])) - int(before[cross])
+    first_counted = 0  # blocks the op's lower cap took before this pair (none when free)
+    if within is not None:
+        before_cross = int(below_a[crossing_op]) + int(within[cross])
+        first_counted = max(before_cross, int(lo[crossing_op])) - before_cross
     taken = torch.zeros(n_ops, dtype=torch.int64).index_add_(
         0, pair_owner[:cross], pair_count[:cross]
     )
-    taken[int(pair_owner[cross])] += first_counted + blocks_needed
+    taken[crossing_op] += first_counted + blocks_needed
     op_counts = torch.clamp(below_a + taken, lo, hi)
     return op_counts, _verdicts(
         ops, passes, table, below, op_counts, values, counts, owner, offset, comm
@@ -692,11 +757,10 @@ def _verdicts(
     """Each local part's (tau, ties): the op's own threshold from its summed pairs, and the
     part's share of the ties at tau (shards in row order)."""
     verdicts: list[tuple[float | None, int] | None] = []
-    if comm.single:  # each op is one part: its own pairs are the whole op's
+    if comm.single:  # each op is one part: its own candidates are the whole op's
         for op, found in zip(ops, passes, strict=True):
             i = int(table.position(torch.tensor([op.op])))
-            take = int(op_counts[i]) - int(below[i])
-            verdicts.append(_threshold(found.pair_values, found.pair_counts, take))
+            verdicts.append(found.verdict(int(op_counts[i]) - int(below[i])))
         return verdicts
     for op, found in zip(ops, passes, strict=True):
         i = int(table.position(torch.tensor([op.op])))
@@ -717,6 +781,69 @@ def _verdicts(
         own = int(local.sum()) if local.numel() else 0
         verdicts.append((tau, max(0, min(ties - earlier, own))))
     return verdicts
+
+
+def _global_bracket(brackets: _Brackets, i: int) -> bool:
+    """Whether op ``i`` was bracketed by the global ``[a, b)`` itself."""
+    return brackets.low[i] is brackets.a and brackets.high[i] is brackets.b
+
+
+def _solve_by_kth(
+    passes: Sequence[_Pass],
+    where: list[int],
+    table: _Table,
+    target: int,
+    brackets: _Brackets,
+    below: Tensor,
+    below_a: Tensor,
+    start: int,
+) -> tuple[Tensor, list[tuple[float | None, int] | None]] | Literal[False] | None:
+    """:func:`_solve_pairs` in one process when every block has the same size and no cap
+    binds inside ``[a, b)`` (the usual case): the threshold is then the k-th lowest of the
+    candidates in the bracket (a selection, no sort), ties going to the earlier op. False
+    when a cap binds there: the pairs' walk handles it."""
+    a = brackets.a if brackets.a is not None else -math.inf
+    b = brackets.b if brackets.b is not None else math.inf
+    walk: list[Tensor] = []
+    for found, i in zip(passes, where, strict=True):
+        values = found.candidate_values
+        assert values is not None
+        if not _global_bracket(brackets, i):
+            values = values[(values >= a) & (values < b)]
+        walk.append(values)
+    n_ops = table.ids.numel()
+    position = torch.tensor(where, dtype=torch.int64)
+    in_range = torch.zeros(n_ops, dtype=torch.int64).index_add_(
+        0, position, torch.tensor([w.numel() for w in walk], dtype=torch.int64)
+    )
+    lo, hi = table.lo, table.hi
+    walked = in_range > 0
+    if not bool(((below_a >= lo) & (below_a + in_range <= hi))[walked].all()):
+        return False
+    block = int(table.size[0])
+    need = target - start
+    if start + int(in_range.sum()) * block < target:
+        return None  # the threshold lies at or above b
+    take = -(-need // block)
+    overshoot = take * block - need
+    if overshoot > 0 and overshoot >= block - overshoot:
+        take -= 1  # dropping the last block lands nearer (or as near): fewer
+    taken = torch.zeros(n_ops, dtype=torch.int64)
+    if take > 0:
+        dtype = _pair_dtype(walk)
+        tau = kth_smallest(_cat([w.to(dtype) for w in walk], dtype), take)
+        lower = torch.tensor([count_true(w < tau) for w in walk], dtype=torch.int64)
+        tied = torch.tensor([count_true(w == tau) for w in walk], dtype=torch.int64)
+        left = take - int(lower.sum())  # blocks at tau, to the earlier ops first
+        before = torch.cumsum(tied, 0) - tied
+        at_tau = torch.clamp(left - before, min=0).minimum(tied)
+        taken.index_add_(0, position, lower + at_tau)
+    op_counts = torch.clamp(below_a + taken, lo, hi)
+    verdicts = [
+        found.verdict(int(op_counts[i]) - int(below[i]))
+        for found, i in zip(passes, where, strict=True)
+    ]
+    return op_counts, verdicts
 
 
 def _in_walk(

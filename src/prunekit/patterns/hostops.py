@@ -10,6 +10,10 @@ devices (CUDA) use torch's kernels, which are fast there.
 
 from __future__ import annotations
 
+import itertools
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -20,6 +24,49 @@ _NUMPY_FLOATS = (torch.float32, torch.float64)
 
 def _on_host(tensor: Tensor) -> bool:
     return tensor.device.type == "cpu"
+
+
+# Below this many elements a comparison runs on the calling thread alone.
+_SPLIT_FROM = 1 << 17
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _workers() -> ThreadPoolExecutor:
+    """Threads that run comparison chunks beside the calling thread (numpy releases the
+    GIL). Made again in a forked child, where the parent's threads do not exist."""
+    global _pool
+    if _pool is None or _pool[0] != os.getpid():
+        _pool = (os.getpid(), ThreadPoolExecutor(max(1, os.cpu_count() or 1)))
+    return _pool[1]
+
+
+def greater_equal(values: Tensor, threshold: float, out: Tensor | None = None) -> Tensor:
+    """``values >= threshold`` as bools (into ``out``, bool or uint8, when given), over
+    torch's thread count. On CPU numpy compares about 1.5x faster than torch writes bytes
+    (measured: 85M float32 in 21 ms on 2 threads, torch 32 ms; single-threaded 27 vs 60)."""
+    values = values.reshape(-1)
+    n = values.numel()
+    if out is None:
+        out = torch.empty(n, dtype=torch.bool, device=values.device)
+    if not _on_host(values) or values.dtype not in _NUMPY_FLOATS or not values.is_contiguous():
+        torch.ge(values, threshold, out=out.view(torch.bool) if out.dtype != torch.uint8 else out)
+        return out
+    source = values.detach().numpy()
+    target = out.numpy().view(np.bool_)
+    bound = source.dtype.type(threshold)  # exact: thresholds are scores of this dtype
+    threads = max(1, min(torch.get_num_threads(), n // _SPLIT_FROM))
+    if threads == 1:
+        np.greater_equal(source, bound, out=target)
+        return out
+    edges = [n * t // threads // 64 * 64 for t in range(threads)] + [n]
+    pending: list[Future[object]] = [
+        _workers().submit(np.greater_equal, source[lo:hi], bound, out=target[lo:hi])
+        for lo, hi in itertools.pairwise(edges[1:])
+    ]
+    np.greater_equal(source[: edges[1]], bound, out=target[: edges[1]])
+    for job in pending:
+        job.result()
+    return out
 
 
 def count_true(flags: Tensor) -> int:
@@ -38,6 +85,17 @@ def sorted_values(values: Tensor) -> Tensor:
     if _on_host(values):
         return torch.from_numpy(np.sort(values.numpy(), kind="quicksort"))
     return torch.sort(values).values
+
+
+def kth_smallest(values: Tensor, k: int) -> float:
+    """The ``k``-th smallest (1-based) of the 1-D ``values``: a selection, not a sort."""
+    values = values.detach().reshape(-1)
+    if values.dtype not in _NUMPY_FLOATS:
+        values = values.to(torch.float32)
+    if _on_host(values):
+        array = values.numpy()
+        return float(np.partition(array, k - 1)[k - 1])
+    return float(torch.kthvalue(values, k).values)
 
 
 def value_pairs(values: Tensor) -> tuple[Tensor, Tensor]:
