@@ -234,13 +234,24 @@ def _sparse_nonzero(raw: Tensor) -> Tensor:
     return hit[inside[:, 0]] * 8 + inside[:, 1]
 
 
+_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+
+
 def _sample(values: Tensor, count: int, generator: torch.Generator) -> Tensor:
-    """``count`` values drawn uniformly (with replacement), as float64."""
+    """``count`` values, as float64: one from each of ``count`` equal strata of the blocks.
+    A stratified sample estimates a quantile at least as well as independent draws (the
+    bracket's margin assumes the latter), and its ascending indices read memory in order,
+    several times faster than scattered ones. Each stratum's offset is uniform: one random
+    start stepped by the golden ratio (mod 1), a low-discrepancy sequence that costs no
+    random number per sample."""
     n = values.numel()
     if n <= count:
         return values.reshape(-1).to(torch.float64)
-    index = torch.randint(n, (count,), generator=generator).to(values.device)
-    return values.reshape(-1)[index].to(torch.float64)
+    start = float(torch.rand((), generator=generator, dtype=torch.float64))
+    strata = torch.arange(count, dtype=torch.float64)
+    offsets = torch.frac(strata * _GOLDEN + start)
+    index = ((strata + offsets) * (n / count)).to(torch.int64).clamp_(max=n - 1)
+    return values.reshape(-1)[index.to(values.device)].to(torch.float64)
 
 
 def _bracket(
@@ -279,7 +290,7 @@ def keep_all_but_lowest(
         return torch.zeros(n, dtype=torch.bool, device=values.device)
     generator = generator or torch.Generator().manual_seed(_SEED)
     scratch = scratch or _Scratch()
-    sample = sorted_values(_sample(values, LOCAL_SAMPLE, generator))
+    sample = sorted_values(_sample(values, _local_sample(n), generator))
     position = k / n * sample.numel()
     for widen in range(_WIDENINGS):
         a, b = _bracket(sample, position, widen)
@@ -298,6 +309,13 @@ def keep_all_but_lowest(
             )
             return plan.materialize(FastOp(values, 1, 0, n), scratch)
     raise AssertionError("unreachable: the widest bracket holds every block")  # pragma: no cover
+
+
+def _local_sample(blocks: int) -> int:
+    """Samples for one op's bracket: LOCAL_SAMPLE up to 2^18 blocks, then growing as
+    blocks^(2/3), which balances drawing the sample against handling the candidates
+    (about 10 / sqrt(samples) of the blocks): 28K samples for 0.6M blocks, 70K for 2.4M."""
+    return round(LOCAL_SAMPLE * max(1.0, blocks / (1 << 18)) ** (2 / 3))
 
 
 def _threshold(
