@@ -315,7 +315,8 @@ def _local_sample(blocks: int) -> int:
     """Samples for one op's bracket: LOCAL_SAMPLE up to 2^18 blocks, then growing as
     blocks^(2/3), which balances drawing the sample against handling the candidates
     (about 10 / sqrt(samples) of the blocks): 28K samples for 0.6M blocks, 70K for 2.4M."""
-    return round(LOCAL_SAMPLE * max(1.0, blocks / (1 << 18)) ** (2 / 3))
+    growth: float = max(1.0, blocks / (1 << 18)) ** (2 / 3)
+    return round(LOCAL_SAMPLE * growth)
 
 
 def _threshold(
