@@ -25,6 +25,7 @@ partial edge blocks use the radix search in :mod:`prunekit.patterns.selection`.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -40,6 +41,7 @@ from prunekit.patterns.hostops import (
     greater_equal,
     kth_smallest,
     order_by_value,
+    rank_bracket,
     sorted_values,
     value_pairs,
 )
@@ -51,7 +53,6 @@ LOCAL_SAMPLE = 1 << 14
 MARGIN_SIGMAS = 5.0
 # A bracket that misses is widened 8x, then 64x, then opened: the answer stays exact.
 _WIDENINGS = 4
-_SEED = 0x5EED
 
 
 @dataclass
@@ -235,65 +236,70 @@ def _sparse_nonzero(raw: Tensor) -> Tensor:
 
 
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+# Sample indices are cached per (blocks, samples) up to this many samples (ops of one shape
+# share them: BERT's q, k, v and o).
+_CACHED_STRATA = 1 << 18
 
 
-def _sample(values: Tensor, count: int, generator: torch.Generator) -> Tensor:
+def _sample(values: Tensor, count: int) -> Tensor:
     """``count`` values, as float64: one from each of ``count`` equal strata of the blocks.
     A stratified sample estimates a quantile at least as well as independent draws (the
     bracket's margin assumes the latter), and its ascending indices read memory in order,
-    several times faster than scattered ones. Each stratum's offset is uniform: one random
-    start stepped by the golden ratio (mod 1), a low-discrepancy sequence that costs no
-    random number per sample."""
+    several times faster than scattered ones."""
     n = values.numel()
     if n <= count:
         return values.reshape(-1).to(torch.float64)
-    start = float(torch.rand((), generator=generator, dtype=torch.float64))
-    strata = torch.arange(count, dtype=torch.float64)
-    offsets = torch.frac(strata * _GOLDEN + start)
-    index = ((strata + offsets) * (n / count)).to(torch.int64).clamp_(max=n - 1)
+    index = _strata(n, count) if count <= _CACHED_STRATA else _strata.__wrapped__(n, count)
     return values.reshape(-1)[index.to(values.device)].to(torch.float64)
 
 
+@functools.lru_cache(maxsize=64)
+def _strata(n: int, count: int) -> Tensor:
+    """One index in each of ``count`` equal strata of ``range(n)``, ascending. The offsets
+    within the strata step by the golden ratio (mod 1) from a start set by ``n``: a
+    low-discrepancy sequence, each offset uniform over its stratum, with no random number
+    drawn per sample and the same indices for the same sizes (deterministic masks)."""
+    strata = torch.arange(count, dtype=torch.float64)
+    offsets = torch.frac(strata * _GOLDEN + (n * _GOLDEN) % 1.0)
+    return ((strata + offsets) * (n / count)).to(torch.int64).clamp_(max=n - 1)
+
+
 def _bracket(
-    sorted_sample: Tensor, position: float, widen: int = 0
+    sample: Tensor, position: float, widen: int = 0, *, ordered: bool = True
 ) -> tuple[float | None, float | None]:
     """Sample values ``MARGIN_SIGMAS * 8**widen`` standard deviations of rank around
     ``position``. The bracket ``[a, b)`` holds whole tie groups: ``a`` is a sample value and
     ``b`` the next larger sample value, so a value shared by many blocks (bf16 scores) is
-    never split by the bracket's upper end."""
+    never split by the bracket's upper end. ``ordered=False``: the sample is not sorted,
+    and the two ranks are found by selection."""
     if widen >= _WIDENINGS - 1:
         return None, None  # the last resort: every block is a candidate
-    size = sorted_sample.numel()
+    size = sample.numel()
     q = min(max(position / max(size, 1), 0.0), 1.0)
     margin = MARGIN_SIGMAS * 8**widen * math.sqrt(size * q * (1 - q) + 1.0) + 2
     low, high = math.floor(position - margin), math.ceil(position + margin)
-    a = float(sorted_sample[low]) if low > 0 else None
+    if not ordered:
+        return rank_bracket(sample, low if low > 0 else None, high if high < size else None)
+    a = float(sample[low]) if low > 0 else None
     b = None
     if high < size:
-        above = int(torch.searchsorted(sorted_sample, sorted_sample[high : high + 1], right=True))
-        b = float(sorted_sample[above]) if above < size else None
+        above = int(torch.searchsorted(sample, sample[high : high + 1], right=True))
+        b = float(sample[above]) if above < size else None
     return a, b
 
 
-def keep_all_but_lowest(
-    values: Tensor,
-    k: int,
-    *,
-    generator: torch.Generator | None = None,
-    scratch: _Scratch | None = None,
-) -> Tensor:
+def keep_all_but_lowest(values: Tensor, k: int, *, scratch: _Scratch | None = None) -> Tensor:
     """Bool per block, True = keep: every block but the ``k`` lowest (ties: lower index)."""
     n = values.numel()
     if k <= 0:
         return torch.ones(n, dtype=torch.bool, device=values.device)
     if k >= n:
         return torch.zeros(n, dtype=torch.bool, device=values.device)
-    generator = generator or torch.Generator().manual_seed(_SEED)
     scratch = scratch or _Scratch()
-    sample = sorted_values(_sample(values, _local_sample(n), generator))
+    sample = _sample(values, _local_sample(n))
     position = k / n * sample.numel()
     for widen in range(_WIDENINGS):
-        a, b = _bracket(sample, position, widen)
+        a, b = _bracket(sample, position, widen, ordered=False)
         found = _count_pass(values, a, b, scratch)
         verdict = found.verdict(k - found.below)
         if verdict is not None:
@@ -336,9 +342,9 @@ def _threshold(
     return float(pair_values[at]), take - before
 
 
-def lowest_k(values: Tensor, k: int, *, generator: torch.Generator | None = None) -> Tensor:
+def lowest_k(values: Tensor, k: int) -> Tensor:
     """Bool per block: True for the ``k`` lowest values, ties to the lower index."""
-    return ~keep_all_but_lowest(values, k, generator=generator)
+    return ~keep_all_but_lowest(values, k)
 
 
 def global_select(ops: Sequence[FastOp], target: int, total: int | None = None) -> list[Tensor]:
@@ -445,8 +451,7 @@ def global_plan(
         return _per_op_plans(ops, table, table.lo, retain, scratch, comm)
     if reachable == target:  # every op at its upper cap (N:M at N/M)
         return _per_op_plans(ops, table, table.hi, retain, scratch, comm)
-    generator = torch.Generator().manual_seed(_SEED)
-    estimate = _global_estimate(ops, table, target, generator, comm)
+    estimate = _global_estimate(ops, table, target, comm)
     for widen in range(_WIDENINGS):
         brackets = _brackets(estimate, table, widen)
         where = table.position(_ids(ops)).tolist()
@@ -535,9 +540,7 @@ class _Estimate:
     guess: Tensor  # blocks each op would remove at the estimated threshold, caps ignored
 
 
-def _global_estimate(
-    ops: Sequence[FastOp], table: _Table, target: int, generator: torch.Generator, comm: Comm
-) -> _Estimate:
+def _global_estimate(ops: Sequence[FastOp], table: _Table, target: int, comm: Comm) -> _Estimate:
     """A sample of every op's scores (``blocks / samples`` blocks per sample) and the point
     in their merged order where the estimated capped total reaches ``target``: each sample,
     in ascending order, adds its op's capped increment, so one sort and one cumulative sum
@@ -545,7 +548,7 @@ def _global_estimate(
     whatever the model's size."""
     blocks = int(table.blocks.sum())
     wanted = _global_sample(blocks)
-    drawn = [_sample(op.get(), max(1, round(wanted * op.count / blocks)), generator) for op in ops]
+    drawn = [_sample(op.get(), max(1, round(wanted * op.count / blocks))) for op in ops]
     values, _ = comm.gather(_cat(drawn, torch.float64))
     owners, _ = comm.gather(
         _cat(

@@ -98,6 +98,36 @@ def kth_smallest(values: Tensor, k: int) -> float:
     return float(torch.kthvalue(values, k).values)
 
 
+def rank_bracket(
+    values: Tensor, low: int | None, high: int | None
+) -> tuple[float | None, float | None]:
+    """``(a, b)`` from the unsorted 1-D ``values``: ``a`` the value of 0-based rank ``low``,
+    ``b`` the smallest value above the one of rank ``high`` (None when a rank is None or
+    nothing lies above): selections instead of a sort (numpy's ``partition`` with one rank
+    runs 4x faster than a sort; with two ranks at once it is slower than the sort)."""
+    values = values.detach().reshape(-1)
+    if not (_on_host(values) and values.dtype in _NUMPY_FLOATS):
+        ordered = torch.sort(values).values
+        a = float(ordered[low]) if low is not None else None
+        if high is None:
+            return a, None
+        rest = ordered[high + 1 :]
+        above = rest[rest > ordered[high]]
+        return a, float(above.min()) if above.numel() else None
+    array = values.numpy()
+    if high is None:
+        return (float(np.partition(array, low)[low]) if low is not None else None), None
+    array = np.partition(array, high)  # ranks above high lie after it, below before it
+    rest = array[high + 1 :]
+    above = rest[rest > array[high]]
+    b = float(above.min()) if above.size else None
+    if low is None:
+        return None, b
+    if low < high:
+        return float(np.partition(array[:high], low)[low]), b
+    return float(np.partition(array, low)[low]), b
+
+
 def value_pairs(values: Tensor) -> tuple[Tensor, Tensor]:
     """The distinct values of ``values`` ascending (as :func:`sorted_values` gives them,
     ``-0.0`` read as ``0.0``) and how many times each occurs: ``torch.unique(...,
