@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
@@ -114,18 +115,23 @@ def rank_bracket(
         rest = ordered[high + 1 :]
         above = rest[rest > ordered[high]]
         return a, float(above.min()) if above.numel() else None
-    array = values.numpy()
+    return _rank_bracket_numpy(values.numpy(), low, high)
+
+
+def _rank_bracket_numpy(
+    array: np.ndarray[Any, Any], low: int | None, high: int | None
+) -> tuple[float | None, float | None]:
     if high is None:
         return (float(np.partition(array, low)[low]) if low is not None else None), None
-    array = np.partition(array, high)  # ranks above high lie after it, below before it
-    rest = array[high + 1 :]
-    above = rest[rest > array[high]]
-    b = float(above.min()) if above.size else None
+    split = np.partition(array, high)  # ranks above high lie after it, below before it
+    rest = split[high + 1 :]
+    above = rest[rest > split[high]]
+    b = float(above.min()) if above.shape[0] else None
     if low is None:
         return None, b
     if low < high:
-        return float(np.partition(array[:high], low)[low]), b
-    return float(np.partition(array, low)[low]), b
+        return float(np.partition(split[:high], low)[low]), b
+    return float(np.partition(split, low)[low]), b
 
 
 def value_pairs(values: Tensor) -> tuple[Tensor, Tensor]:
