@@ -544,8 +544,8 @@ def _global_estimate(ops: Sequence[FastOp], table: _Table, target: int, comm: Co
     """A sample of every op's scores (``blocks / samples`` blocks per sample) and the point
     in their merged order where the estimated capped total reaches ``target``: each sample,
     in ascending order, adds its op's capped increment, so one sort and one cumulative sum
-    give the estimate at every point. The extra memory is the sample itself (a few MB),
-    whatever the model's size."""
+    give the estimate at every point. The extra memory is a few times the sample (tens of
+    MB for the 4M samples of a 7B model), whatever the model's size."""
     blocks = int(table.blocks.sum())
     wanted = _global_sample(blocks)
     drawn = [_sample(op.get(), max(1, round(wanted * op.count / blocks))) for op in ops]
@@ -567,25 +567,45 @@ def _global_estimate(ops: Sequence[FastOp], table: _Table, target: int, comm: Co
         by_op = torch.sort(owner, stable=True).indices
         values, owner = values[by_op], owner[by_op]
     per_op = torch.bincount(owner, minlength=n_ops)
+    if bool((values.to(torch.float32).to(torch.float64) == values).all()):
+        values = values.to(torch.float32)  # exact (scores of 32 bits or fewer): half the memory
     samples = [sorted_values(part) for part in torch.split(values, per_op.tolist())]
-    grouped = _cat(samples, torch.float64)
+    grouped = _cat(samples, values.dtype)
     del values
-    starts = torch.cumsum(per_op, 0) - per_op
-    rank = torch.arange(1, grouped.numel() + 1, dtype=torch.int64) - starts[owner]
     order = order_by_value(grouped)  # equal values: the lower op first
-    merged, owner, rank = grouped[order], owner[order], rank[order]
-    del grouped, order
+    merged = grouped[order]
+    del grouped
+    starts = torch.cumsum(per_op, 0) - per_op
+    narrow = torch.int32 if merged.numel() < (1 << 31) else torch.int64
+    rank = torch.arange(1, merged.numel() + 1, dtype=narrow).sub_(starts[owner].to(narrow))[order]
+    owner = owner.to(narrow)[order]
+    del order
     weight = table.blocks.to(torch.float64) / per_op.clamp(min=1)
-    lo, hi = table.lo.to(torch.float64), table.hi.to(torch.float64)
-    size = table.size.to(torch.float64)
-    w, low, high = weight[owner], lo[owner], hi[owner]
-    step = size[owner] * (torch.clamp(rank * w, low, high) - torch.clamp((rank - 1) * w, low, high))
-    reached = float((size * lo).sum()) + torch.cumsum(step, 0)
-    del w, low, high, step, rank
+    reached = _estimated_totals(owner, rank, weight, table)
+    del rank
     position = int(torch.searchsorted(reached, torch.tensor([float(target)], dtype=torch.float64)))
     position = min(position, merged.numel() - 1)
     guess = torch.bincount(owner[:position], minlength=n_ops).to(torch.float64) * weight
     return _Estimate(merged, float(position), samples, weight, guess)
+
+
+def _estimated_totals(owner: Tensor, rank: Tensor, weight: Tensor, table: _Table) -> Tensor:
+    """For the merged samples in order, the estimated capped total removed up to and
+    including each: every sample adds its op's capped increment ``size * (clamp(r * w) -
+    clamp((r - 1) * w))`` for its rank ``r`` within its op. Computed in chunks so that the
+    temporaries stay a few MB on a billion-weight model's 4M samples."""
+    lo, hi = table.lo.to(torch.float64), table.hi.to(torch.float64)
+    size = table.size.to(torch.float64)
+    steps = torch.empty(owner.numel(), dtype=torch.float64)
+    chunk = 1 << 20
+    for first in range(0, owner.numel(), chunk):
+        part = owner[first : first + chunk].to(torch.int64)
+        r = rank[first : first + chunk].to(torch.float64)
+        w, low, high = weight[part], lo[part], hi[part]
+        upper = torch.clamp(r * w, low, high)
+        lower = torch.clamp(r.sub_(1).mul_(w), low, high)
+        steps[first : first + chunk] = upper.sub_(lower).mul_(size[part])
+    return torch.cumsum(steps, 0, out=steps).add_(float((size * lo).sum()))
 
 
 @dataclass

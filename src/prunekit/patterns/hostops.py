@@ -159,8 +159,12 @@ def order_by_value(values: Tensor) -> Tensor:
     exact = values.dtype != torch.float64 or bool((narrow.to(torch.float64) == values).all())
     if _on_host(values) and n < (1 << 31) and exact:
         bits = (narrow + 0.0).view(torch.int32)
-        keys = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(torch.int64) << 32
+        bits ^= (bits >> 31) & 0x7FFFFFFF
+        keys = bits.to(torch.int64).bitwise_left_shift_(32)
+        del bits, narrow
         keys |= torch.arange(n, dtype=torch.int64)
-        packed = np.sort(keys.numpy(), kind="quicksort")
-        return torch.from_numpy(packed & 0xFFFFFFFF)
+        packed = keys.numpy()
+        packed.sort(kind="quicksort")  # in place: no second copy of the keys
+        np.bitwise_and(packed, 0xFFFFFFFF, out=packed)
+        return keys
     return torch.sort(values, stable=True).indices
