@@ -451,16 +451,17 @@ def global_plan(
         return _per_op_plans(ops, table, table.lo, retain, scratch, comm)
     if reachable == target:  # every op at its upper cap (N:M at N/M)
         return _per_op_plans(ops, table, table.hi, retain, scratch, comm)
-    estimate = _global_estimate(ops, table, target, comm)
+    estimate = _global_estimate(ops, table, target, comm, release=not retain)
     for widen in range(_WIDENINGS):
         brackets = _brackets(estimate, table, widen)
         where = table.position(_ids(ops)).tolist()
-        passes = [
-            _count_pass(op.get(), brackets.low[i], brackets.high[i], scratch, retain=retain)
-            for op, i in zip(ops, where, strict=True)
-        ]
-        if not retain:
-            release_freed_memory()
+        passes = []
+        for op, i in zip(ops, where, strict=True):
+            passes.append(
+                _count_pass(op.get(), brackets.low[i], brackets.high[i], scratch, retain=retain)
+            )
+            if not retain:
+                release_freed_memory()  # this op's scores, before the next op's
         outcome = _solve_pairs(ops, passes, table, target, comm, brackets)
         if outcome is None:
             continue
@@ -540,7 +541,9 @@ class _Estimate:
     guess: Tensor  # blocks each op would remove at the estimated threshold, caps ignored
 
 
-def _global_estimate(ops: Sequence[FastOp], table: _Table, target: int, comm: Comm) -> _Estimate:
+def _global_estimate(
+    ops: Sequence[FastOp], table: _Table, target: int, comm: Comm, *, release: bool = False
+) -> _Estimate:
     """A sample of every op's scores (``blocks / samples`` blocks per sample) and the point
     in their merged order where the estimated capped total reaches ``target``: each sample,
     in ascending order, adds its op's capped increment, so one sort and one cumulative sum
@@ -548,7 +551,11 @@ def _global_estimate(ops: Sequence[FastOp], table: _Table, target: int, comm: Co
     MB for the 4M samples of a 7B model), whatever the model's size."""
     blocks = int(table.blocks.sum())
     wanted = _global_sample(blocks)
-    drawn = [_sample(op.get(), max(1, round(wanted * op.count / blocks))) for op in ops]
+    drawn = []
+    for op in ops:
+        drawn.append(_sample(op.get(), max(1, round(wanted * op.count / blocks))))
+        if release:
+            release_freed_memory()  # scores computed on demand: this op's, before the next
     values, _ = comm.gather(_cat(drawn, torch.float64))
     owners, _ = comm.gather(
         _cat(
