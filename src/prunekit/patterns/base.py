@@ -285,6 +285,8 @@ class Pattern:
     ) -> Iterator[tuple[str, Tensor]]:
         target = self.check_target(target_sparsity)
         self.check_inputs(scores, pre_masks)
+        if streaming:
+            scores = _LatestScores(scores)
         pre = dict(pre_masks or {})
         how: Reduce = getattr(self.options, "criterion_reduce_type", "mean")
         names = list(self.layouts)
@@ -350,7 +352,7 @@ class Pattern:
             else:
                 source = _Once(partial(self._fast_values, name, scores, pre, how, values))
             layout = self.layouts[name]
-            device = scores[name].device
+            device = None if streaming else scores[name].device  # streaming: read when needed
             ops.append(FastOp(source, layout.block_size, lo, hi, layout.num_blocks, device=device))
         if self.config.pruning_scope == "local":
             counts = [
@@ -498,6 +500,31 @@ def _identity(value: Tensor) -> Tensor:
     return value
 
 
+class _LatestScores(Mapping[str, Tensor]):
+    """A view of scores computed on demand that remembers the op read last: a streaming
+    pass reads one op's scores a few times in a row (its mask, then its expansion), and a
+    mapping such as ``weight.abs()`` would compute them each time. The remembered scores
+    are dropped before another op's are computed, so two ops' scores never coexist."""
+
+    def __init__(self, scores: Mapping[str, Tensor]) -> None:
+        self.scores = scores
+        self.name: str | None = None
+        self.value: Tensor | None = None
+
+    def __getitem__(self, name: str) -> Tensor:
+        if name != self.name or self.value is None:
+            self.name, self.value = None, None
+            self.value = self.scores[name]
+            self.name = name
+        return self.value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.scores)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
 class _Once:
     """A computation run on the first call and remembered for the next ones."""
 
@@ -515,7 +542,7 @@ def _keep_all_but_lowest(op: FastOp, k: int) -> Tensor:
     """The op's kept blocks when it removes its ``k`` lowest; its scores are not computed
     when it removes none or all."""
     if k <= 0 or k >= op.count:
-        return torch.full((op.count,), k <= 0, dtype=torch.bool, device=op.device)
+        return torch.full((op.count,), k <= 0, dtype=torch.bool, device=op.where())
     return keep_all_but_lowest(op.get(), k)
 
 
@@ -534,7 +561,8 @@ def _weight(module: nn.Module) -> Tensor:
 def _check_names(
     what: str, given: Mapping[str, Any], expected: Mapping[str, Any], *, require_all: bool
 ) -> None:
-    missing = [n for n in expected if n not in given] if require_all else []
+    names = set(given)  # iterated, never looked up: a mapping may compute its values
+    missing = [n for n in expected if n not in names] if require_all else []
     extra = [n for n in given if n not in expected]
     if missing or extra:
         parts = []

@@ -89,6 +89,10 @@ class FastOp:
         """The block scores (computed now if ``values`` is a function)."""
         return self.values() if callable(self.values) else self.values
 
+    def where(self) -> torch.device:
+        """The scores' device (read from the scores when not given)."""
+        return self.device if self.device is not None else self.get().device
+
 
 @dataclass
 class Resolution:
@@ -110,7 +114,7 @@ class Resolution:
     def materialize(self, op: FastOp, scratch: _Scratch | None = None) -> Tensor:
         """The op's bool keep mask (True = keep)."""
         if self.tau is None and (self.k <= 0 or self.k >= op.count) and op.whole == op.count:
-            return torch.full((op.count,), self.k <= 0, dtype=torch.bool, device=op.device)
+            return torch.full((op.count,), self.k <= 0, dtype=torch.bool, device=op.where())
         if self.tau is None:
             return keep_all_but_lowest(op.get(), self.k, scratch=scratch)
         if self.kept is not None and self.candidates is not None:
@@ -183,17 +187,18 @@ class _Pass:
 
 
 class _Scratch:
-    """A reused work buffer, so that no pass allocates (and page-faults) a full-size tensor
-    besides the mask it returns. Sized for the largest op seen, padded to 8 bytes."""
+    """Reused work buffers, so that no pass allocates (and page-faults) a full-size tensor
+    besides the mask it returns. Sized for the largest op seen, padded to 8 bytes; ``slot``
+    1 holds a streaming pass's ``>= b`` comparison, which no one keeps."""
 
     def __init__(self) -> None:
-        self.raw = torch.empty(0, dtype=torch.uint8)
+        self.raw = [torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.uint8)]
 
-    def get(self, n: int, device: torch.device) -> Tensor:
+    def get(self, n: int, device: torch.device, slot: int = 0) -> Tensor:
         padded = -(-n // 8) * 8
-        if self.raw.numel() < padded or self.raw.device != device:
-            self.raw = torch.empty(padded, dtype=torch.uint8, device=device)
-        return self.raw[:padded]
+        if self.raw[slot].numel() < padded or self.raw[slot].device != device:
+            self.raw[slot] = torch.empty(padded, dtype=torch.uint8, device=device)
+        return self.raw[slot][:padded]
 
 
 def _count_pass(
@@ -207,8 +212,11 @@ def _count_pass(
     flags = raw[:n]  # uint8 0/1: comparisons into bytes run about twice as fast as into bools
     if b is None:
         keep = torch.zeros(n, dtype=torch.bool, device=values.device)
-    else:
+    elif retain:
         keep = greater_equal(values, b)
+    else:  # only the counts and pairs outlive the pass: compare into a reused buffer
+        keep = greater_equal(values, b, out=scratch.get(n, values.device, slot=1)[:n])
+        keep = keep.view(torch.bool)
     if a is None:
         flags.fill_(1)
         below = 0

@@ -50,7 +50,8 @@ def greater_equal(values: Tensor, threshold: float, out: Tensor | None = None) -
     if out is None:
         out = torch.empty(n, dtype=torch.bool, device=values.device)
     if not _on_host(values) or values.dtype not in _NUMPY_FLOATS or not values.is_contiguous():
-        torch.ge(values, threshold, out=out.view(torch.bool) if out.dtype != torch.uint8 else out)
+        # Into bools: torch compares bf16 into a bool tensor twice as fast as into bytes.
+        torch.ge(values, threshold, out=out.view(torch.bool))
         return out
     source = values.detach().numpy()
     target = out.numpy().view(np.bool_)
