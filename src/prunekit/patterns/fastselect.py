@@ -4,20 +4,25 @@ Which blocks to remove is decided by a threshold on the block scores. A full sor
 ``kthvalue`` over every score, costs far more than reading the scores once; here the
 threshold is found in a few passes that only *compare and count*:
 
-1. a small uniform **sample** of the scores (a few hundred thousand values) estimates where
+1. a stratified **sample** of the scores (a few hundred thousand values) estimates where
    the threshold lies, caps included, and gives a narrow **bracket** ``[a, b)`` around it;
-2. one **pass** per op counts the blocks below ``a``, keeps the comparison ``>= b`` (the bulk
-   of the mask) and gathers the few **candidates** in ``[a, b)``;
-3. the candidates, summed up as (score, count) pairs per op (a handful when scores are
-   bf16 and tie in large groups), settle the exact count of every op under its caps: each
-   op removes its blocks below a threshold score ``tau`` plus its first ``t`` blocks (by
-   index) scoring exactly ``tau``.
+   an op that a cap holds away from the threshold gets a bracket around its own cap-th
+   score instead;
+2. one **pass** per op counts the blocks below its bracket, keeps the comparison ``>= b``
+   (the bulk of the mask) and gathers the few **candidates** in the bracket;
+3. the candidates settle the exact count of every op under its caps: each op removes its
+   blocks below a threshold score ``tau`` plus its first ``t`` blocks (by index) scoring
+   exactly ``tau``. When no cap binds inside the bracket, ``tau`` is the k-th lowest
+   candidate (a selection); otherwise the candidates, summed up as (score, count) pairs
+   per op (a handful when scores are bf16 and tie in large groups), are walked in (score,
+   op) order with every op's caps applied.
 
 The answer never depends on the sample: a bracket that misses the threshold (rare) is
 detected by the exact counts and widened, and the result is the same exact selection as
 the reference in :mod:`prunekit.patterns.selection` (ties to the earlier op, then the lower
 index; the total nearest to the target in whole blocks, half-way to fewer). Extra memory is
-one bool per block of the op being counted, plus the (score, count) pairs.
+one or two bytes per block of the op being counted, plus the candidates. The sorts,
+selections and counts on CPU go through numpy (:mod:`prunekit.patterns.hostops`).
 
 This path handles blocks of equal size within each op (every divisible shape); layouts with
 partial edge blocks use the radix search in :mod:`prunekit.patterns.selection`.
