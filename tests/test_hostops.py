@@ -82,3 +82,38 @@ def test_sorted_values_widens_half_precision_exactly() -> None:
     got = hostops.sorted_values(values)
     assert got.dtype == torch.float32
     assert got.tolist() == [-1.5, 0.0, 3.0, float("inf")]
+
+
+def test_map_ops_keeps_order_and_restores_torch_threads() -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen_threads: list[int] = []
+
+        def work(item: int) -> int:
+            seen_threads.append(torch.get_num_threads())
+            return item * item
+
+        assert hostops.map_ops(work, list(range(10))) == [i * i for i in range(10)]
+        assert set(seen_threads) == {1}  # each item ran single-threaded
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_map_ops_raises_the_first_failure_and_restores_torch_threads() -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+
+        def work(item: int) -> int:
+            if item == 3:
+                raise ValueError("item 3")
+            return item
+
+        with pytest.raises(ValueError, match="item 3"):
+            hostops.map_ops(work, list(range(8)))
+        assert torch.get_num_threads() == 2
+        assert hostops.map_ops(work, [0, 1, 2]) == [0, 1, 2]  # usable again
+    finally:
+        torch.set_num_threads(before)

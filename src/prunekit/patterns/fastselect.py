@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -45,6 +46,7 @@ from prunekit.patterns.hostops import (
     count_true,
     greater_equal,
     kth_smallest,
+    map_ops,
     order_by_value,
     rank_bracket,
     sorted_values,
@@ -204,6 +206,30 @@ class _Scratch:
         if self.raw[slot].numel() < padded or self.raw[slot].device != device:
             self.raw[slot] = torch.empty(padded, dtype=torch.uint8, device=device)
         return self.raw[slot][:padded]
+
+
+_scratches = threading.local()
+
+
+def _thread_scratch() -> _Scratch:
+    """This thread's work buffers (passes of different ops may run on different threads)."""
+    scratch: _Scratch | None = getattr(_scratches, "scratch", None)
+    if scratch is None:
+        scratch = _scratches.scratch = _Scratch()
+    return scratch
+
+
+def _retained_pass(job: tuple[FastOp, float | None, float | None]) -> _Pass:
+    """One op's counting pass for its bracket, its mask kept (:func:`map_ops` work)."""
+    op, a, b = job
+    return _count_pass(op.get(), a, b, _thread_scratch())
+
+
+def _on_cpu(ops: Sequence[FastOp]) -> bool:
+    """Whether the ops' passes run on all cores at once: every op's scores on the CPU, and
+    ops large enough that threads pay (small ops finish faster one by one)."""
+    on_host = all(op.device is None or op.device.type == "cpu" for op in ops)
+    return on_host and sum(op.count for op in ops) >= (1 << 16) * len(ops)
 
 
 def _count_pass(
@@ -468,12 +494,17 @@ def global_plan(
     for widen in range(_WIDENINGS):
         brackets = _brackets(estimate, table, widen)
         where = table.position(_ids(ops)).tolist()
-        passes = []
-        for op, i in zip(ops, where, strict=True):
-            passes.append(
-                _count_pass(op.get(), brackets.low[i], brackets.high[i], scratch, retain=retain)
-            )
-            if not retain:
+        if retain:  # every op's pass at once (each keeps its mask): spread over the cores
+            jobs = [
+                (op, brackets.low[i], brackets.high[i]) for op, i in zip(ops, where, strict=True)
+            ]
+            passes = map_ops(_retained_pass, jobs, parallel=_on_cpu(ops))
+        else:  # one op's scores at a time
+            passes = []
+            for op, i in zip(ops, where, strict=True):
+                passes.append(
+                    _count_pass(op.get(), brackets.low[i], brackets.high[i], scratch, retain=False)
+                )
                 release_freed_memory()  # this op's scores, before the next op's
         outcome = _solve_pairs(ops, passes, table, target, comm, brackets)
         if outcome is None:

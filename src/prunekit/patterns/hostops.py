@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import itertools
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -39,6 +41,58 @@ def _workers() -> ThreadPoolExecutor:
     if _pool is None or _pool[0] != os.getpid():
         _pool = (os.getpid(), ThreadPoolExecutor(max(1, os.cpu_count() or 1)))
     return _pool[1]
+
+
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
+_op_pool: tuple[int, ThreadPoolExecutor] | None = None
+_op_lock = threading.Lock()
+
+
+def map_ops(
+    work: Callable[[_Item], _Result], items: Sequence[_Item], *, parallel: bool = True
+) -> list[_Result]:
+    """``[work(item) for item in items]``, the items spread over torch's thread count, each
+    running single-threaded torch and numpy.
+
+    Why: per op, a mask is a chain of steps, several of them serial (numpy's sorts and
+    selections, ``nonzero``, Python between kernels); running two ops at once keeps both
+    cores busy through those, where splitting every kernel over the cores leaves one idle
+    (measured: local 1x1 masks of the 85M stack in 152 ms instead of 202). Torch's
+    intra-op thread count is set to 1 for the duration (two thread teams on two cores would
+    wait on each other) and restored after; results keep the items' order. CPU only: one
+    item at a time when ``parallel`` is False (tensors elsewhere), when torch runs one
+    thread, or when another call is already spreading its items."""
+    threads = torch.get_num_threads()
+    if not parallel or threads <= 1 or len(items) <= 1:
+        return [work(item) for item in items]
+    if not _op_lock.acquire(blocking=False):
+        return [work(item) for item in items]
+    try:
+        global _op_pool
+        if _op_pool is None or _op_pool[0] != os.getpid():
+            _op_pool = (os.getpid(), ThreadPoolExecutor(max(2, os.cpu_count() or 2)))
+        pool = _op_pool[1]
+
+        def single_threaded(item: _Item) -> _Result:
+            torch.set_num_threads(1)
+            return work(item)
+
+        torch.set_num_threads(1)
+        pending: list[Future[_Result]] = []
+        try:
+            pending = [pool.submit(single_threaded, item) for item in items[:threads]]
+            results: list[_Result] = []
+            for index in range(len(items)):
+                results.append(pending[index].result())
+                if index + threads < len(items):
+                    pending.append(pool.submit(single_threaded, items[index + threads]))
+            return results
+        finally:
+            wait(pending)  # nothing of this call runs on once it returns or raises
+            torch.set_num_threads(threads)
+    finally:
+        _op_lock.release()
 
 
 def greater_equal(values: Tensor, threshold: float, out: Tensor | None = None) -> Tensor:
