@@ -26,7 +26,12 @@ from torch import Tensor, nn
 
 from prunekit._memory import release_freed_memory
 from prunekit.errors import ImpossibleTargetError, ScoreError, UnsupportedModuleError
-from prunekit.patterns.fastselect import FastOp, global_plan, keep_all_but_lowest
+from prunekit.patterns.fastselect import (
+    FastOp,
+    global_plan,
+    keep_all_but_lowest,
+    worth_spreading,
+)
 from prunekit.patterns.hostops import map_ops
 from prunekit.patterns.layout import BlockLayout, Reduce
 from prunekit.patterns.selection import (
@@ -370,7 +375,7 @@ class Pattern:
                     op.get()  # block scores through this pattern's hooks, one op at a time
             # The selections (prunekit's own code only) run on all cores at once.
             jobs = list(zip(ops, counts, strict=True))
-            kept = map_ops(_keep_job, jobs, parallel=_worth_spreading(ops))
+            kept = map_ops(_keep_job, jobs, parallel=worth_spreading(ops))
             return {n: partial(_identity, k) for n, k in zip(names, kept, strict=True)}
         total = sum(self.layout_elements(n) for n in names)
         plans = global_plan(ops, round(target * total), total, retain=not streaming)
@@ -549,17 +554,6 @@ class _Once:
 
 def _keep_job(job: tuple[FastOp, int]) -> Tensor:
     return _keep_all_but_lowest(*job)
-
-
-def _worth_spreading(ops: list[FastOp]) -> bool:
-    """Whether the ops' selections run on all cores at once: on the CPU, and large enough
-    that threads pay (small ops, such as whole channels, finish faster one by one)."""
-    on_host = all(op.device is None or op.device.type == "cpu" for op in ops)
-    return on_host and sum(op.count for op in ops) >= _SPREAD_FROM * len(ops)
-
-
-# Blocks per op, on average, from which ops' selections are spread over threads.
-_SPREAD_FROM = 1 << 16
 
 
 def _keep_all_but_lowest(op: FastOp, k: int) -> Tensor:

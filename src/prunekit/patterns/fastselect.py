@@ -225,11 +225,16 @@ def _retained_pass(job: tuple[FastOp, float | None, float | None]) -> _Pass:
     return _count_pass(op.get(), a, b, _thread_scratch())
 
 
-def _on_cpu(ops: Sequence[FastOp]) -> bool:
-    """Whether the ops' passes run on all cores at once: every op's scores on the CPU, and
-    ops large enough that threads pay (small ops finish faster one by one)."""
+# Blocks per op, on average, from which ops are spread over threads.
+_SPREAD_FROM = 1 << 16
+
+
+def worth_spreading(ops: Sequence[FastOp]) -> bool:
+    """Whether the ops' passes or selections run on all cores at once (:func:`map_ops`):
+    every op's scores on the CPU, and ops large enough that threads pay (small ops, such
+    as whole channels, finish faster one by one)."""
     on_host = all(op.device is None or op.device.type == "cpu" for op in ops)
-    return on_host and sum(op.count for op in ops) >= (1 << 16) * len(ops)
+    return on_host and sum(op.count for op in ops) >= _SPREAD_FROM * len(ops)
 
 
 def _count_pass(
@@ -498,7 +503,7 @@ def global_plan(
             jobs = [
                 (op, brackets.low[i], brackets.high[i]) for op, i in zip(ops, where, strict=True)
             ]
-            passes = map_ops(_retained_pass, jobs, parallel=_on_cpu(ops))
+            passes = map_ops(_retained_pass, jobs, parallel=worth_spreading(ops))
         else:  # one op's scores at a time
             passes = []
             for op, i in zip(ops, where, strict=True):
@@ -772,13 +777,7 @@ def _solve_pairs(
         inside = (values >= a) & (values < b)
         walk_values, walk_counts, walk_owner = values[inside], counts[inside], owner[inside]
     in_range = torch.zeros(n_ops, dtype=torch.int64).index_add_(0, walk_owner, walk_counts)
-    walked_ops = in_range > 0
-    # No cap binds anywhere in [a, b) (the usual case): every pair counts in full.
-    free = bool(
-        ((below_a >= lo) & (below_a + in_range <= hi))[walked_ops].all()
-        if bool(walked_ops.any())
-        else True
-    )
+    free = _caps_free(below_a, in_range, lo, hi)  # then every pair counts in full
     within: Tensor | None = None
     if comm.single:
         # One part per op, in op order, each op's pairs ascending and distinct: a stable sort
@@ -817,10 +816,7 @@ def _solve_pairs(
     need = target - reached_before
     crossing_op = int(pair_owner[cross])
     block = int(size[crossing_op])
-    blocks_needed = -(-need // block)
-    overshoot = blocks_needed * block - need
-    if overshoot > 0 and overshoot >= block - overshoot:
-        blocks_needed -= 1  # dropping the last block lands nearer (or as near): fewer
+    blocks_needed = _whole_blocks(need, block)
     first_counted = 0  # blocks the op's lower cap took before this pair (none when free)
     if within is not None:
         before_cross = int(below_a[crossing_op]) + int(within[cross])
@@ -876,6 +872,23 @@ def _verdicts(
     return verdicts
 
 
+def _whole_blocks(need: int, block: int) -> int:
+    """How many blocks of ``block`` elements land nearest to ``need`` elements when the
+    last one may overshoot: the ceiling, one fewer when that is as near or nearer."""
+    blocks = -(-need // block)
+    overshoot = blocks * block - need
+    if overshoot > 0 and overshoot >= block - overshoot:
+        blocks -= 1
+    return blocks
+
+
+def _caps_free(below_a: Tensor, in_range: Tensor, lo: Tensor, hi: Tensor) -> bool:
+    """Whether no op's cap binds inside the global bracket: every op with candidates there
+    starts at or above its lower cap and, taking them all, stays within its upper cap."""
+    walked = in_range > 0
+    return bool(((below_a >= lo) & (below_a + in_range <= hi))[walked].all())
+
+
 def _global_bracket(brackets: _Brackets, i: int) -> bool:
     """Whether op ``i`` was bracketed by the global ``[a, b)`` itself."""
     return brackets.low[i] is brackets.a and brackets.high[i] is brackets.b
@@ -910,17 +923,13 @@ def _solve_by_kth(
         0, position, torch.tensor([w.numel() for w in walk], dtype=torch.int64)
     )
     lo, hi = table.lo, table.hi
-    walked = in_range > 0
-    if not bool(((below_a >= lo) & (below_a + in_range <= hi))[walked].all()):
+    if not _caps_free(below_a, in_range, lo, hi):
         return False
     block = int(table.size[0])
     need = target - start
     if start + int(in_range.sum()) * block < target:
         return None  # the threshold lies at or above b
-    take = -(-need // block)
-    overshoot = take * block - need
-    if overshoot > 0 and overshoot >= block - overshoot:
-        take -= 1  # dropping the last block lands nearer (or as near): fewer
+    take = _whole_blocks(need, block)
     taken = torch.zeros(n_ops, dtype=torch.int64)
     if take > 0:
         dtype = _pair_dtype(walk)
@@ -944,7 +953,7 @@ def _in_walk(
 ) -> tuple[Tensor, Tensor]:
     """A pass's pairs in the global bracket ``[a, b)``: all of them unless op ``i`` was
     bracketed apart or wider."""
-    if brackets.low[i] is brackets.a and brackets.high[i] is brackets.b:
+    if _global_bracket(brackets, i):
         return found.pair_values, found.pair_counts
     inside = (found.pair_values >= a) & (found.pair_values < b)
     return found.pair_values[inside], found.pair_counts[inside]
