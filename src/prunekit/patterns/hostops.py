@@ -10,6 +10,7 @@ devices (CUDA) use torch's kernels, which are fast there.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import threading
@@ -49,6 +50,14 @@ _op_pool: tuple[int, ThreadPoolExecutor] | None = None
 _op_lock = threading.Lock()
 
 
+@functools.cache
+def _thread_count_settable() -> bool:
+    """Whether torch's intra-op thread count can change at any time: with the OpenMP
+    backend (Linux and Windows wheels) it can; the native backend refuses once parallel
+    work has started, and two items would then run on full thread teams at once."""
+    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
 def map_ops(
     work: Callable[[_Item], _Result], items: Sequence[_Item], *, parallel: bool = True
 ) -> list[_Result]:
@@ -64,7 +73,7 @@ def map_ops(
     item at a time when ``parallel`` is False (tensors elsewhere), when torch runs one
     thread, or when another call is already spreading its items."""
     threads = torch.get_num_threads()
-    if not parallel or threads <= 1 or len(items) <= 1:
+    if not parallel or threads <= 1 or len(items) <= 1 or not _thread_count_settable():
         return [work(item) for item in items]
     if not _op_lock.acquire(blocking=False):
         return [work(item) for item in items]
