@@ -37,28 +37,36 @@ class TorchComm(Comm):
         self.group = group
         self.rank = dist.get_rank(group)
         self.world = dist.get_world_size(group)
+        # Counts and samples live on the CPU; NCCL exchanges only CUDA tensors.
+        nccl = dist.get_backend(group) == "nccl"
+        self.device = (
+            torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        )
 
     @property
     def single(self) -> bool:
         return False
 
     def sum(self, tensor: Tensor) -> Tensor:
-        total = tensor.clone()
+        total = tensor.to(self.device, copy=True)
         dist.all_reduce(total, op=dist.ReduceOp.SUM, group=self.group)
-        return total
+        return total.cpu()
 
     def gather(self, tensor: Tensor) -> tuple[Tensor, list[int]]:
         flat = tensor.reshape(-1).contiguous()
-        length = torch.tensor([flat.numel()], dtype=torch.int64)
-        lengths = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world)]
+        length = torch.tensor([flat.numel()], dtype=torch.int64, device=self.device)
+        lengths = [torch.zeros(1, dtype=torch.int64, device=self.device) for _ in range(self.world)]
         dist.all_gather(lengths, length, group=self.group)
         sizes = [int(n) for n in lengths]
         longest = max(sizes)
-        padded = torch.zeros(longest, dtype=flat.dtype)
+        padded = torch.zeros(longest, dtype=flat.dtype, device=self.device)
         padded[: flat.numel()] = flat
-        parts = [torch.zeros(longest, dtype=flat.dtype) for _ in range(self.world)]
+        parts = [
+            torch.zeros(longest, dtype=flat.dtype, device=self.device) for _ in range(self.world)
+        ]
         dist.all_gather(parts, padded, group=self.group)
-        return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)]), sizes
+        gathered = torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)])
+        return gathered.cpu(), sizes
 
 
 def global_masks(

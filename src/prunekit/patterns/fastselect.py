@@ -286,15 +286,16 @@ _CACHED_STRATA = 1 << 18
 
 
 def _sample(values: Tensor, count: int) -> Tensor:
-    """``count`` values, as float64: one from each of ``count`` equal strata of the blocks.
+    """``count`` values, as float64 on the CPU (where all the bookkeeping happens, whatever
+    the scores' device): one from each of ``count`` equal strata of the blocks.
     A stratified sample estimates a quantile at least as well as independent draws (the
     bracket's margin assumes the latter), and its ascending indices read memory in order,
     several times faster than scattered ones."""
     n = values.numel()
     if n <= count:
-        return values.reshape(-1).to(torch.float64)
+        return values.reshape(-1).to("cpu", torch.float64)
     index = _strata(n, count) if count <= _CACHED_STRATA else _strata.__wrapped__(n, count)
-    return values.reshape(-1)[index.to(values.device)].to(torch.float64)
+    return values.reshape(-1)[index.to(values.device)].to("cpu", torch.float64)
 
 
 @functools.lru_cache(maxsize=64)

@@ -200,9 +200,9 @@ def _rank_bracket_numpy(
 
 def value_pairs(values: Tensor) -> tuple[Tensor, Tensor]:
     """The distinct values of ``values`` ascending (as :func:`sorted_values` gives them,
-    ``-0.0`` read as ``0.0``) and how many times each occurs: ``torch.unique(...,
+    on the CPU, ``-0.0`` read as ``0.0``) and how many times each occurs: ``torch.unique(...,
     return_counts=True)``, faster."""
-    ordered = sorted_values(values) + 0.0
+    ordered = sorted_values(values).cpu() + 0.0  # few: the bookkeeping is on the CPU
     n = ordered.numel()
     if n == 0:
         return ordered, torch.zeros(0, dtype=torch.int64, device=ordered.device)
