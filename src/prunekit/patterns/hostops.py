@@ -32,21 +32,21 @@ def _on_host(tensor: Tensor) -> bool:
 
 # Below this many elements a comparison runs on the calling thread alone.
 _SPLIT_FROM = 1 << 17
-_pool: tuple[int, ThreadPoolExecutor] | None = None
+_pools: dict[str, tuple[int, ThreadPoolExecutor]] = {}
 
 
-def _workers() -> ThreadPoolExecutor:
-    """Threads that run comparison chunks beside the calling thread (numpy releases the
-    GIL). Made again in a forked child, where the parent's threads do not exist."""
-    global _pool
-    if _pool is None or _pool[0] != os.getpid():
-        _pool = (os.getpid(), ThreadPoolExecutor(max(1, os.cpu_count() or 1)))
-    return _pool[1]
+def _workers(kind: str = "chunks") -> ThreadPoolExecutor:
+    """Threads for comparison chunks (``"chunks"``) or whole ops (``"ops"``), each kind its
+    own pool so that an op's work never waits for a chunk queued behind it. Made again in
+    a forked child, where the parent's threads do not exist."""
+    made = _pools.get(kind)
+    if made is None or made[0] != os.getpid():
+        made = _pools[kind] = (os.getpid(), ThreadPoolExecutor(max(2, os.cpu_count() or 2)))
+    return made[1]
 
 
 _Item = TypeVar("_Item")
 _Result = TypeVar("_Result")
-_op_pool: tuple[int, ThreadPoolExecutor] | None = None
 _op_lock = threading.Lock()
 
 
@@ -78,10 +78,7 @@ def map_ops(
     if not _op_lock.acquire(blocking=False):
         return [work(item) for item in items]
     try:
-        global _op_pool
-        if _op_pool is None or _op_pool[0] != os.getpid():
-            _op_pool = (os.getpid(), ThreadPoolExecutor(max(2, os.cpu_count() or 2)))
-        pool = _op_pool[1]
+        pool = _workers("ops")
 
         def single_threaded(item: _Item) -> _Result:
             torch.set_num_threads(1)
