@@ -24,6 +24,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests plugins examples benchmarks docs
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # Benchmarks, never timed tests: `make bench ARGS=--markdown` prints the tables of
 # docs/performance.md. INC's contenders run where the `bench` extra is installed (in a venv of

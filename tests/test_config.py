@@ -132,7 +132,7 @@ def test_yaml_and_json_files(tmp_path: Path) -> None:
     json_file.write_text(json.dumps({"pattern": "channelx1", "target_sparsity": 0.3}))
     assert pk.load_config(yaml_file).pattern == "1x1"
     assert pk.load_config(str(json_file)).target_sparsity == 0.3
-    assert pk.PruningConfig.load(yaml_file).pruning_scope == "local"
+    assert pk.load_config(yaml_file).pruning_scope == "local"
     bad = tmp_path / "bad.yaml"
     bad.write_text("pattern: 4x1\ntarget_sparsity: 2\n")
     with pytest.raises(pk.ConfigError) as info:

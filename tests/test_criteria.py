@@ -14,9 +14,9 @@ import torch
 from torch import Tensor
 
 import prunekit as pk
-from prunekit import criteria
-from prunekit.criteria import BUILTIN_CRITERIA, Criterion, criterion
 from prunekit.plugins import PluginHost, default_host
+from prunekit.training import criteria
+from prunekit.training.criteria import BUILTIN_CRITERIA, Criterion, criterion
 
 ROOT = Path(__file__).resolve().parents[1]
 

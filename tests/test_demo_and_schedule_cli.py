@@ -81,7 +81,7 @@ def test_plot_schedule_writes_a_png_and_fails_cleanly(tmp_path: Path) -> None:
 
 def test_schedule_points_follow_the_registered_schedule() -> None:
     import prunekit as pk
-    from prunekit.schedule_plot import default_steps, schedule_points
+    from prunekit.viz.schedule import default_steps, schedule_points
 
     config = pk.load_config(
         {"target_sparsity": 0.5, "prune_mode": "Gradual", "start": 0.1, "gamma": 0.2, "stepsize": 5}

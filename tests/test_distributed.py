@@ -41,6 +41,9 @@ CASES = [
     {"pattern": "4x1", "target_sparsity": 0.6, "max_sparsity_ratio_per_op": 0.75},
     {"pattern": "channelx1", "target_sparsity": 0.5},
     {"pattern": "1x1", "target_sparsity": 0.8, "min_sparsity_ratio_per_op": 0.3},
+    # N:M at its default target, N/M: every op at its (group-scaled) upper cap. The caps are
+    # the pattern's own, the same as get_masks's (a copy of the cap rule once made this fail).
+    {"pattern": "2:4"},
 ]
 
 
@@ -55,9 +58,8 @@ def worker(rank: int, world: int, init_file: str, layout: str, result_dir: str) 
             for ties in (False, True):
                 config = {**config, "pruning_scope": "global"}
                 full_scores = scores_of(full, ties)
-                expected = pk.get_pattern(config, full).get_masks(
-                    full_scores, config["target_sparsity"]
-                )
+                target = pk.load_config(config).target_sparsity
+                expected = pk.get_pattern(config, full).get_masks(full_scores, target)
                 if layout == "layers":
                     mine = {n: m for i, (n, m) in enumerate(full.items()) if i % world == rank}
                     shards = None
@@ -75,16 +77,15 @@ def worker(rank: int, world: int, init_file: str, layout: str, result_dir: str) 
                         shards[name] = (first, rows)
                         local_scores[name] = full_scores[name][first : first + step]
                 pattern = pk.get_pattern(config, mine)
-                if shards and config["pattern"] == "channelx1":
+                refusal = {"channelx1": "span every row", "2:4": "supported for NxM"}
+                if shards and config["pattern"] in refusal:
                     try:
-                        global_masks(pattern, local_scores, 0.5, op_order=order, shards=shards)
+                        global_masks(pattern, local_scores, target, op_order=order, shards=shards)
                     except pk.PrunekitError as error:
-                        assert "span every row" in str(error)
+                        assert refusal[config["pattern"]] in str(error)
                         continue
-                    raise AssertionError("a column-spanning pattern on row shards must fail")
-                got = global_masks(
-                    pattern, local_scores, config["target_sparsity"], op_order=order, shards=shards
-                )
+                    raise AssertionError("a pattern without row-aligned blocks must fail")
+                got = global_masks(pattern, local_scores, target, op_order=order, shards=shards)
                 for name, mask in got.items():
                     if shards:
                         first, _ = shards[name]
@@ -101,7 +102,7 @@ def worker(rank: int, world: int, init_file: str, layout: str, result_dir: str) 
             dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("world", [2, 4])
+@pytest.mark.parametrize("world", [1, 2, 4])
 @pytest.mark.parametrize("layout", ["layers", "shards"])
 def test_distributed_masks_equal_single_process(world: int, layout: str, tmp_path: Path) -> None:
     init_file = tempfile.mktemp(dir=tmp_path)

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import torch
 
-from prunekit import hookspecs
-from prunekit.plugins import default_host
+from prunekit.plugins import default_host, hookspecs
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prunekit.patterns.layout import GridLayout
+from prunekit.masks.layouts import GridLayout
 
 
 @given(

@@ -15,7 +15,8 @@ from torch import nn
 from torch.nn.utils import prune
 
 import prunekit as pk
-from prunekit.patterns.ln_structured import DimOutOfRangeError, LnStructuredPattern
+from prunekit.errors import DimOutOfRangeError
+from prunekit.patterns.ln_structured import LnStructuredPattern
 
 INF = math.inf
 NORMS: list[float | str] = [1, 2, INF, -INF, "fro"]

@@ -38,7 +38,7 @@ def test_every_group_is_n_m_at_n_over_m(spec: str, target: float) -> None:
     scores = torch.rand(conv.weight.shape, generator=torch.Generator().manual_seed(1))
     pattern = pk.get_pattern({"pattern": spec, "pruning_scope": "local"}, {"c": conv})
     mask = pattern.get_masks({"c": scores}, target)["c"]
-    from prunekit.patterns.layout import to_2d
+    from prunekit.masks.views import to_2d
 
     assert (removed_per_group(to_2d(mask), m) == n).all()
     assert pattern.is_hardware_valid("c", mask)
@@ -83,7 +83,7 @@ def test_edge_columns_stay_dense_or_the_op_is_skipped_or_refused() -> None:
     scores = {"c": torch.rand(conv.weight.shape)}
     partial = pk.get_pattern({"pattern": "2:4", "pruning_scope": "local"}, {"c": conv})
     mask = partial.get_masks(scores, 0.4)["c"]
-    from prunekit.patterns.layout import to_2d
+    from prunekit.masks.views import to_2d
 
     assert to_2d(mask)[:, 24:].all()
     assert int((~mask).sum()) == 2 * round(0.4 * 108 / 2)
@@ -115,7 +115,7 @@ def test_invalid_specs(spec: str, message: str) -> None:
 @pytest.mark.parametrize("m", [2, 3, 4, 8, 16])
 @pytest.mark.parametrize("dtype", [torch.int32, torch.float32, torch.bfloat16])
 def test_group_ranking_equals_a_stable_sort(m: int, dtype: torch.dtype) -> None:
-    from prunekit.patterns.ninm import _kept_in_groups
+    from prunekit.masks.groups import kept_in_groups as _kept_in_groups
 
     generator = torch.Generator().manual_seed(m)
     keys = torch.randint(-2, 3, (7, 11, m), generator=generator, dtype=torch.int32)  # many ties

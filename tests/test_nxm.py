@@ -8,7 +8,7 @@ from torch import nn
 
 import prunekit as pk
 from conftest import magnitude_scores, prunable
-from prunekit.patterns.layout import from_2d, to_2d
+from prunekit.masks.views import from_2d, to_2d
 
 
 def linear(out: int, inp: int) -> nn.Linear:

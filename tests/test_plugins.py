@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 import prunekit as pk
-from prunekit.plugins import PluginHost, PluginWarning, default_host
+from prunekit.errors import PluginWarning
+from prunekit.plugins import PluginHost, default_host
 
 _counter = itertools.count()
 
@@ -111,7 +112,7 @@ TYPO = """
 def test_fresh_host_has_only_builtins(tmp_path: Path) -> None:
     host = PluginHost(metadata_path=[str(tmp_path)]).load()
     assert {"NxM", "N:M", "filter", "random"} <= set(host.patterns)
-    assert all(host.patterns.get(n).builtin for n in host.patterns)  # type: ignore[union-attr]
+    assert all(host.patterns.resolve(n).builtin for n in host.patterns)
     assert {"magnitude", "l2"} <= set(host.criteria)
     assert {"oneshot", "iterative"} <= set(host.schedules)
     assert all(r.builtin and r.status == "loaded" for r in host.records)
@@ -241,8 +242,8 @@ def test_installed_example_package_is_found_through_its_entry_point() -> None:
 
 def test_import_is_lazy_and_first_use_loads() -> None:
     code = (
-        "import prunekit, prunekit.plugins as p; lazy = p._default is None; "
-        "prunekit.PATTERNS['4x1']; print(lazy, p._default is not None)"
+        "import sys, prunekit; lazy = 'prunekit.patterns.nxm' not in sys.modules; "
+        "prunekit.PATTERNS['4x1']; print(lazy, 'prunekit.patterns.nxm' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "True"]

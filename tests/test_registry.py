@@ -9,21 +9,17 @@ import torch
 from torch import nn
 
 import prunekit as pk
-from prunekit.plugins import default_host
-from prunekit.registry import Registry
+from prunekit.plugins import reset_default_host
+from prunekit.plugins.registry import Registry
 
 
 @pytest.fixture
 def restore_registry() -> Iterator[None]:
-    """In-process registrations land in the default host; put it back as it was."""
-    host = default_host()
-    saved = {
-        kind: dict(host.registry(kind)._entries) for kind in ("patterns", "criteria", "schedules")
-    }
+    """In-process registrations land in the default host: each test gets a fresh one, and
+    the next use after it loads a fresh one again."""
+    reset_default_host()
     yield
-    for kind, entries in saved.items():
-        host.registry(kind)._entries.clear()
-        host.registry(kind)._entries.update(entries)
+    reset_default_host()
 
 
 class KeepEverything(pk.Pattern):

@@ -57,18 +57,6 @@ def test_iter_masks_equals_get_masks(spec: str, scope: str, ties: bool) -> None:
     assert scores.reads > len(modules)  # scores were computed again, not kept
 
 
-@pytest.mark.parametrize("scope,reads", [("global", 4), ("local", 2)])
-def test_each_op_s_scores_are_computed_a_fixed_number_of_times(scope: str, reads: int) -> None:
-    """The NaN check, then (global) the sample and the counting pass, then the mask and its
-    expansion from one read: never a read just to check a name."""
-    modules = model()
-    pattern = pk.get_pattern({"pattern": "1x1", "pruning_scope": scope}, modules)
-    scores = OnDemandScores(modules)
-    for _ in pattern.iter_masks(scores, 0.7):
-        pass
-    assert scores.reads == reads * len(modules)
-
-
 def test_iter_masks_applied_in_place_one_op_at_a_time() -> None:
     modules = model()
     pattern = pk.get_pattern({"pattern": "4x1", "target_sparsity": 0.5}, modules)
@@ -82,13 +70,3 @@ def test_iter_masks_applied_in_place_one_op_at_a_time() -> None:
             modules[name].weight.mul_(mask)
     zeros = sum(int((m.weight == 0).sum()) for m in modules.values())
     assert zeros == round(0.5 * total)
-
-
-def test_freed_memory_is_given_back_on_glibc() -> None:
-    import sys
-
-    from prunekit._memory import _trim, release_freed_memory
-
-    release_freed_memory()  # never raises, whatever the C library
-    if sys.platform.startswith("linux"):
-        assert _trim() is not None

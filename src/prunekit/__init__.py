@@ -1,37 +1,56 @@
 """prunekit: neural-network pruning patterns as a plug-in ecosystem for PyTorch.
 
 The public API (see docs/ and the README): ``PATTERNS``, ``register_pattern``,
-``get_pattern``, ``list_patterns``, ``Pattern``, ``PruningConfig``, ``hookimpl``. Importing
-prunekit discovers nothing: plugins load on first use of a registry.
+``get_pattern``, ``list_patterns``, ``Pattern``, ``PruningConfig``, ``hookimpl``, ``Pruner``
+and ``prune``. Importing prunekit discovers nothing: plugins load on first use of a
+registry. The layers, bottom up: :mod:`prunekit.errors` and :mod:`prunekit.naming`,
+:mod:`prunekit.masks` (geometry and the selection engine), :mod:`prunekit.plugins`,
+:mod:`prunekit.config`, :mod:`prunekit.patterns` (the built-ins), :mod:`prunekit.training`;
+docs/architecture.md shows the flow.
 """
 
-from prunekit.config import ConfigError, PruningConfig, load_config, load_configs
+from prunekit.config import PruningConfig, get_pattern, load_config, load_configs
 from prunekit.errors import (
+    ConfigError,
+    DimOutOfRangeError,
     ImpossibleTargetError,
     IndivisibleShapeError,
     InvalidSpecError,
+    MaskFileError,
     NameTakenError,
+    OpSelectionError,
+    PluginWarning,
     PrunekitError,
     ScoreError,
     UnknownCriterionError,
+    UnknownNameError,
     UnknownPatternError,
     UnknownScheduleError,
     UnsupportedModuleError,
 )
-from prunekit.hookspecs import hookimpl
-from prunekit.patterns.base import BlockOptions, Pattern, PatternOptions
-from prunekit.plugins import PluginWarning, load_plugins
-from prunekit.pruner import MaskFileError, Pruner, prune
-from prunekit.registry import (
+from prunekit.masks import (
+    AxisLayout,
+    BlockLayout,
+    BlockOptions,
+    GridLayout,
+    GroupLayout,
+    Pattern,
+    PatternOptions,
+    ReduceOptions,
+)
+from prunekit.plugins import (
     CRITERIA,
     PATTERNS,
     SCHEDULES,
-    get_pattern,
+    PluginHost,
+    Register,
+    hookimpl,
     list_patterns,
+    load_plugins,
     register_pattern,
 )
-from prunekit.report import OpReport, PruningReport
-from prunekit.selection_ops import OpSelectionError
+from prunekit.training import OpReport, Pruner, PruningReport, prune
+from prunekit.training.criteria import Criterion, criterion
 
 __version__ = "0.1.0"
 
@@ -39,8 +58,14 @@ __all__ = [
     "CRITERIA",
     "PATTERNS",
     "SCHEDULES",
+    "AxisLayout",
+    "BlockLayout",
     "BlockOptions",
     "ConfigError",
+    "Criterion",
+    "DimOutOfRangeError",
+    "GridLayout",
+    "GroupLayout",
     "ImpossibleTargetError",
     "IndivisibleShapeError",
     "InvalidSpecError",
@@ -50,17 +75,22 @@ __all__ = [
     "OpSelectionError",
     "Pattern",
     "PatternOptions",
+    "PluginHost",
     "PluginWarning",
     "PrunekitError",
     "Pruner",
     "PruningConfig",
     "PruningReport",
+    "ReduceOptions",
+    "Register",
     "ScoreError",
     "UnknownCriterionError",
+    "UnknownNameError",
     "UnknownPatternError",
     "UnknownScheduleError",
     "UnsupportedModuleError",
     "__version__",
+    "criterion",
     "get_pattern",
     "hookimpl",
     "list_patterns",

@@ -11,10 +11,15 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
+from prunekit.config.schema import config_json_schema
+from prunekit.errors import ConfigError, PrunekitError
+from prunekit.plugins.default import default_host
+from prunekit.plugins.host import KINDS
+from prunekit.viz.masks import option_values, save_mask_picture
+from prunekit.viz.schedule import save_schedule_plot
+
 
 def _patterns(args: argparse.Namespace, console: Console) -> int:
-    from prunekit.plugins import default_host
-
     entries = default_host().patterns.entries(args.filter)
     if not entries:
         console.print(f"no pattern matches {args.filter!r}; run `prunekit patterns` for all")
@@ -32,8 +37,6 @@ def _patterns(args: argparse.Namespace, console: Console) -> int:
 
 
 def _plugins(args: argparse.Namespace, console: Console) -> int:
-    from prunekit.plugins import KINDS, default_host
-
     host = default_host()
     table = Table(title="prunekit plugins", title_justify="left")
     for column in ("distribution", "version", "entry point", "status", "registered", "problems"):
@@ -57,18 +60,12 @@ def _plugins(args: argparse.Namespace, console: Console) -> int:
 
 
 def _schema(args: argparse.Namespace, console: Console) -> int:
-    from prunekit.config import config_json_schema
-
     sys.stdout.write(json.dumps(config_json_schema(), indent=2) + "\n")
     return 0
 
 
 def _show(args: argparse.Namespace, console: Console) -> int:
     """Draw the mask a pattern makes on a small module; user errors are one line, exit 2."""
-    from prunekit.config import ConfigError
-    from prunekit.errors import PrunekitError
-    from prunekit.viz import option_values, save_mask_picture
-
     try:
         options = option_values(args.option)
         picture = save_mask_picture(
@@ -91,9 +88,6 @@ def _show(args: argparse.Namespace, console: Console) -> int:
 
 def _plot_schedule(args: argparse.Namespace, console: Console) -> int:
     """Draw each config's target over steps; user errors are one line, exit 2."""
-    from prunekit.config import ConfigError
-    from prunekit.schedule_plot import save_schedule_plot
-
     try:
         path = save_schedule_plot(args.output, args.config, args.steps)
     except ConfigError as exc:

@@ -8,15 +8,14 @@ Two layouts are supported, and may be mixed:
 
 Every rank calls :func:`global_masks` with its own modules' pattern and scores, and gets the
 masks of its own weights: exactly the masks a single process would compute on the whole
-model (same counts, same ties: earlier op in ``op_order``, then lower block index). Ranks
-exchange counts, a sample of scores and the few candidate blocks near the threshold, never
-weights. Works with any backend that has ``all_reduce`` and ``all_gather`` (gloo on CPU,
-NCCL on GPU).
+model (same counts, same ties: earlier op in ``op_order``, then lower block index), built by
+the same problem builder as ``get_masks``. Ranks exchange counts, a sample of scores and the
+few candidate blocks near the threshold, never weights. Works with any backend that has
+``all_reduce`` and ``all_gather`` (gloo on CPU, NCCL on GPU).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -24,18 +23,19 @@ import torch.distributed as dist
 from torch import Tensor
 
 from prunekit.errors import PrunekitError
-from prunekit.patterns.base import Masks, Pattern
-from prunekit.patterns.fastselect import Comm, FastOp, _Scratch, global_plan
-from prunekit.patterns.layout import GridLayout, Reduce
-from prunekit.patterns.selection import cap_counts
+from prunekit.masks.engine import decide, masks
+from prunekit.masks.layouts import GridLayout
+from prunekit.masks.pattern import Masks, Pattern
+from prunekit.masks.problem import Part
+
+__all__ = ["TorchComm", "global_masks"]
 
 
-class TorchComm(Comm):
-    """:class:`~prunekit.patterns.fastselect.Comm` over a torch.distributed process group."""
+class TorchComm:
+    """The :class:`~prunekit.masks.select.multirank.Comm` of a torch.distributed group."""
 
     def __init__(self, group: dist.ProcessGroup | None = None) -> None:
         self.group = group
-        self.rank = dist.get_rank(group)
         self.world = dist.get_world_size(group)
         # Counts and samples live on the CPU; NCCL exchanges only CUDA tensors.
         nccl = dist.get_backend(group) == "nccl"
@@ -43,17 +43,13 @@ class TorchComm(Comm):
             torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
         )
 
-    @property
-    def single(self) -> bool:
-        return False
-
     def sum(self, tensor: Tensor) -> Tensor:
         total = tensor.to(self.device, copy=True)
         dist.all_reduce(total, op=dist.ReduceOp.SUM, group=self.group)
         return total.cpu()
 
     def gather(self, tensor: Tensor) -> tuple[Tensor, list[int]]:
-        flat = tensor.reshape(-1).contiguous()
+        flat = tensor.reshape(-1).contiguous().to(self.device)
         length = torch.tensor([flat.numel()], dtype=torch.int64, device=self.device)
         lengths = [torch.zeros(1, dtype=torch.int64, device=self.device) for _ in range(self.world)]
         dist.all_gather(lengths, length, group=self.group)
@@ -92,54 +88,28 @@ def global_masks(
             "global_masks: the pattern's config must have pruning_scope "
             "'global' (local scope needs no communication: use get_masks)"
         )
-    target = pattern.check_target(target_sparsity)
-    pattern.check_inputs(scores)
-    comm = TorchComm(group)
-    shards = dict(shards or {})
     order = {name: i for i, name in enumerate(op_order)}
-    how: Reduce = getattr(pattern.options, "criterion_reduce_type", "mean")
-    ops: list[FastOp] = []
-    names = list(pattern.layouts)
-    elements = 0
-    for name in names:
+    parts: dict[str, Part] = {}
+    for name in pattern.layouts:
         if name not in order:
             raise PrunekitError(f"global_masks: op {name!r} is not in op_order")
-        layout = pattern.layouts[name]
-        if layout.sizes is not None:
-            raise PrunekitError(
-                f"global_masks: op {name!r} has blocks of different sizes "
-                "(partial edges); distributed masks need block-aligned shapes"
-            )
-        offset, whole = 0, layout.num_blocks
-        if name in shards:
-            offset, whole = _shard_blocks(pattern, name, *shards[name])
-        lo, hi = cap_counts(
-            whole,
-            pattern.config.min_sparsity_ratio_per_op,
-            pattern.config.max_sparsity_ratio_per_op,
-            0,
+        parts[name] = (
+            _shard(pattern, name, order[name], *shards[name])
+            if shards and name in shards
+            else Part(order[name])
         )
-        values = pattern._block_values(name, scores[name], how)
-        ops.append(
-            FastOp(values, layout.block_size, lo, hi, values.numel(), order[name], offset, whole)
+    problem = pattern.problem(scores, target_sparsity, parts=parts)
+    if problem.engine != "counting":
+        uneven = next(op.name for op in problem.ops if op.layout.sizes is not None)
+        raise PrunekitError(
+            f"global_masks: op {uneven!r} has blocks of different sizes "
+            "(partial edges); distributed masks need block-aligned shapes"
         )
-        elements += math.prod(pattern.shapes[name])
-    total = int(comm.sum(torch.tensor([elements], dtype=torch.int64))[0])
-    scratch = _Scratch()
-    plans = global_plan(ops, round(target * total), total, retain=True, scratch=scratch, comm=comm)
-    masks: Masks = {}
-    for name in pattern.shapes:
-        if name in pattern.layouts:
-            i = names.index(name)
-            keep = plans[i].materialize(ops[i], scratch)
-            masks[name] = pattern.expand_blocks(name, keep, scores[name], None)
-        else:
-            masks[name] = torch.ones(pattern.shapes[name], dtype=torch.bool)
-    return masks
+    return dict(masks(problem, decide(problem, TorchComm(group))))
 
 
-def _shard_blocks(pattern: Pattern, name: str, first_row: int, total_rows: int) -> tuple[int, int]:
-    """(index of the shard's first block in the whole op, blocks of the whole op)."""
+def _shard(pattern: Pattern, name: str, op: int, first_row: int, total_rows: int) -> Part:
+    """Op ``name``'s part on this rank: a row shard of a whole op of ``total_rows`` rows."""
     layout = pattern.layouts[name]
     shape = pattern.shapes[name]
     if pattern.params.get("n") == "channel":
@@ -164,4 +134,4 @@ def _shard_blocks(pattern: Pattern, name: str, first_row: int, total_rows: int) 
         raise PrunekitError(
             f"global_masks: op {name!r}: the whole weight {whole_shape} does not divide into blocks"
         )
-    return (first_row // layout.n) * layout.grid[1], whole.num_blocks
+    return Part(op, (first_row // layout.n) * layout.grid[1], whole)

@@ -1,14 +1,35 @@
-"""Pattern families: one module each, every one registered through the plugin hook."""
+"""The built-in patterns: options and a layout each, registered by the plugin hook.
 
-from prunekit.patterns.base import BlockOptions, Pattern, PatternOptions
-from prunekit.patterns.layout import BlockLayout, GridLayout, from_2d, to_2d
+Each module here is a built-in plugin (listed in :data:`prunekit.plugins.BUILTIN_PLUGINS`)
+and registers its patterns through ``register_patterns``, exactly as a third-party plugin
+does. The geometry they build on lives in :mod:`prunekit.masks`; its public names are
+re-exported here for plugin authors.
+"""
+
+from prunekit.masks import (
+    AxisLayout,
+    BlockLayout,
+    BlockOptions,
+    GridLayout,
+    GroupLayout,
+    Pattern,
+    PatternOptions,
+    Reduce,
+    ReduceOptions,
+    from_2d,
+    to_2d,
+)
 
 __all__ = [
+    "AxisLayout",
     "BlockLayout",
     "BlockOptions",
     "GridLayout",
+    "GroupLayout",
     "Pattern",
     "PatternOptions",
+    "Reduce",
+    "ReduceOptions",
     "from_2d",
     "to_2d",
 ]

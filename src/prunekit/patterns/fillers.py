@@ -21,9 +21,10 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from prunekit.hookspecs import Register, hookimpl
-from prunekit.patterns.base import WEIGHT_MODULES, Masks, Pattern, PatternOptions
-from prunekit.patterns.layout import AxisLayout, BlockLayout, Reduce
+from prunekit.masks.geometry import BlockLayout, Reduce
+from prunekit.masks.layouts import AxisLayout
+from prunekit.masks.pattern import WEIGHT_MODULES, Masks, Pattern, PatternOptions
+from prunekit.plugins.hookspecs import Register, hookimpl
 
 
 class _Filler(Pattern):
@@ -37,19 +38,33 @@ class _Filler(Pattern):
         return AxisLayout(self.shapes[name], ())
 
 
+class DrawnLayout(AxisLayout):
+    """One block per weight whose scores are seeded random draws, whatever the scores given
+    (they are validated but not read): the same seed and op name, the same draws."""
+
+    def __init__(self, shape: tuple[int, ...], seed: int) -> None:
+        super().__init__(shape, ())
+        self.seed = seed
+
+    def reduce(self, values: Tensor, how: Reduce) -> Tensor:
+        generator = torch.Generator().manual_seed(self.seed)
+        draws = torch.rand(math.prod(self.shape), generator=generator)
+        return draws.to(device=values.device, dtype=values.dtype)
+
+    def removed(self, pre_mask: Tensor) -> Tensor:
+        """The weights a pre-mask removed (the draws are scores, not what was removed)."""
+        return ~pre_mask.reshape(-1)
+
+
 class RandomFiller(_Filler):
     """N2D2's Random filler: a random mask with the exact count, seeded by config.seed."""
 
     description = "N2D2's Random filler: random weights, exact count, reproducible per seed"
 
-    def generator(self, name: str) -> torch.Generator:
-        """The op's generator: ``config.seed`` mixed with a stable hash of the op name."""
+    def layout(self, name: str, module: nn.Module) -> BlockLayout | None:
+        """Draws from ``config.seed`` mixed with a stable hash of the op name."""
         seed = (self.config.seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63 - 1)
-        return torch.Generator().manual_seed(seed)
-
-    def block_scores(self, name: str, scores: Tensor, how: Reduce) -> Tensor:
-        draws = torch.rand(math.prod(self.shapes[name]), generator=self.generator(name))
-        return draws.to(device=scores.device, dtype=scores.dtype)
+        return DrawnLayout(self.shapes[name], seed)
 
 
 class IterNonStructOptions(PatternOptions):

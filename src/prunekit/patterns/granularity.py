@@ -18,9 +18,10 @@ from typing import ClassVar
 from torch import nn
 
 from prunekit.errors import UnsupportedModuleError
-from prunekit.hookspecs import Register, hookimpl
-from prunekit.patterns.base import WEIGHT_MODULES, Pattern, ReduceOptions
-from prunekit.patterns.layout import AxisLayout, BlockLayout
+from prunekit.masks.geometry import BlockLayout
+from prunekit.masks.layouts import AxisLayout
+from prunekit.masks.pattern import WEIGHT_MODULES, Pattern, ReduceOptions
+from prunekit.plugins.hookspecs import Register, hookimpl
 
 # Where each named dim sits in a module's weight; a dim a kind lacks (kh of a Conv1d) has
 # size 1 in spirit, so spanning it changes nothing.

@@ -29,32 +29,24 @@ Where we differ from torch, and why:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field, StrictFloat, StrictInt, field_validator
 from pydantic_core import PydanticCustomError
 from torch import Tensor, nn
 
-from prunekit.errors import ImpossibleTargetError, UnsupportedModuleError
-from prunekit.hookspecs import Register, hookimpl
-from prunekit.patterns.base import WEIGHT_MODULES, Pattern, PatternOptions
-from prunekit.patterns.layout import AxisLayout, BlockLayout, Reduce
-from prunekit.patterns.selection import OpBlocks, cap_counts
-
-if TYPE_CHECKING:
-    from prunekit.config import PruningConfig
+from prunekit.errors import DimOutOfRangeError, ImpossibleTargetError
+from prunekit.masks.geometry import BlockLayout, Reduce
+from prunekit.masks.layouts import AxisLayout
+from prunekit.masks.limits import caps_of, check_target
+from prunekit.masks.pattern import WEIGHT_MODULES, Pattern, PatternConfig, PatternOptions
+from prunekit.plugins.hookspecs import Register, hookimpl
 
 # The most dims a supported weight has (Conv3d / ConvTranspose3d: out, in, d, h, w).
 _MAX_WEIGHT_DIMS = 5
 
 Norm = float | Literal["fro"]
-
-
-class DimOutOfRangeError(UnsupportedModuleError, IndexError):
-    """``dim`` does not index an op's weight. An ``IndexError`` as in torch, and an
-    :class:`~prunekit.UnsupportedModuleError` since that op cannot be pruned this way."""
 
 
 def _norm_error(value: Any) -> PydanticCustomError:
@@ -142,6 +134,29 @@ def norm_order(n: Norm) -> float:
     return 2.0 if n == "fro" else float(n)
 
 
+class NormLayout(AxisLayout):
+    """One block per channel along ``dim``, scored by the channel's Ln norm over every other
+    dim (whatever the reduction asked): one vectorized ``vector_norm``, the function
+    ``torch.norm`` calls, so the values equal torch's bit for bit. ``fair``: divide by
+    ``channel_size ** (1 / n)`` so that channels of layers of different fan-in compare
+    fairly (global scope)."""
+
+    def __init__(self, shape: tuple[int, ...], dim: int, order: float, *, fair: bool) -> None:
+        super().__init__(shape, span=tuple(d for d in range(len(shape)) if d != dim))
+        self.order = order
+        self.fair = fair and math.isfinite(order)
+
+    def reduce(self, values: Tensor, how: Reduce) -> Tensor:
+        norms: Tensor = torch.linalg.vector_norm(values, ord=self.order, dim=self.span)
+        if self.fair:
+            norms = norms / float(self.block_size) ** (1.0 / self.order)
+        return norms.reshape(-1)
+
+    def removed(self, pre_mask: Tensor) -> Tensor:
+        """Channels a pre-mask removed whole (by the channels' max, not their norm)."""
+        return super().reduce(pre_mask.to(torch.float32), "max") <= 0
+
+
 class LnStructuredPattern(Pattern):
     """Whole channels along ``dim`` with the lowest Ln norm (torch's LnStructured)."""
 
@@ -151,33 +166,24 @@ class LnStructuredPattern(Pattern):
     # dim is explicit, so any weight works, transposed convs ((in, out, *kernel)) included.
     module_types = WEIGHT_MODULES
 
-    def __init__(
-        self, config: PruningConfig | Mapping[str, Any], modules: Mapping[str, nn.Module]
-    ) -> None:
-        from prunekit.config import ConfigError, load_config
-
-        # Config-level problems first, before any op is looked at.
-        validated = load_config(config)
-        options = LnStructuredOptions.model_validate(validated.pattern_options)
-        amount = options.amount
-        if isinstance(amount, int) and validated.pruning_scope == "global":
-            raise ConfigError(
-                [
-                    f"amount: an int amount ({amount} channels per op) only makes sense per "
-                    "op; use pruning_scope='local', or a float amount (a fraction, which "
-                    "global scope spreads over all ops)"
-                ]
-            )
-        cap = validated.max_sparsity_ratio_per_op
+    @classmethod
+    def check_config(cls, config: PatternConfig) -> dict[str, str]:
+        """An int ``amount`` is per op (local scope only); a float one must be within the
+        max cap, as a target would."""
+        amount = config.options_for(LnStructuredOptions).amount
+        if isinstance(amount, int) and config.pruning_scope == "global":
+            return {
+                "amount": f"an int amount ({amount} channels per op) only makes sense per "
+                "op; use pruning_scope='local', or a float amount (a fraction, which "
+                "global scope spreads over all ops)"
+            }
+        cap = config.max_sparsity_ratio_per_op
         if isinstance(amount, float) and amount > cap:
-            raise ConfigError(
-                [
-                    f"amount: {amount} is above max_sparsity_ratio_per_op ({cap}), so no op "
-                    "may reach it; lower amount or raise the cap"
-                ]
-            )
-        self.ord = norm_order(options.n)
-        super().__init__(validated, modules)
+            return {
+                "amount": f"{amount} is above max_sparsity_ratio_per_op ({cap}), so no op "
+                "may reach it; lower amount or raise the cap"
+            }
+        return {}
 
     # -- layout: one block per channel along dim ------------------------------------------
     def channel_dim(self, name: str) -> int:
@@ -195,73 +201,54 @@ class LnStructuredPattern(Pattern):
     def layout(self, name: str, module: nn.Module) -> BlockLayout | None:
         shape = self.shapes[name]
         dim = self.channel_dim(name)
-        channels = shape[dim]
+        layout = NormLayout(
+            shape,
+            dim,
+            norm_order(self.options.n),
+            fair=self.config.pruning_scope == "global",
+        )
         amount = self.options.amount
         if isinstance(amount, int):
-            # torch raises here too; an int amount above the max cap is refused rather than
-            # silently pruning fewer channels than asked.
-            cap = self.config.max_sparsity_ratio_per_op
-            allowed = self.block_caps_for(channels)[1]
-            if amount > channels:
-                raise ImpossibleTargetError(
-                    f"amount={amount} channels, but op {name!r} ({self.module_kinds[name]}, "
-                    f"weight shape {shape}) has only {channels} along dim {self.options.dim}"
-                )
-            if amount > allowed:
-                raise ImpossibleTargetError(
-                    f"amount={amount} channels, but max_sparsity_ratio_per_op {cap} lets op "
-                    f"{name!r} ({self.module_kinds[name]}, weight shape {shape}) remove at "
-                    f"most {allowed} of its {channels} channels along dim {self.options.dim}; "
-                    "raise max_sparsity_ratio_per_op (1.0 allows all) or lower amount"
-                )
-        return AxisLayout(shape, span=tuple(d for d in range(len(shape)) if d != dim))
+            self._check_amount(name, amount, layout)
+        return layout
 
-    def block_caps_for(self, channels: int) -> tuple[int, int]:
-        """(lo, hi) channel counts the ratio caps allow for an op with ``channels``."""
-        return cap_counts(
-            channels,
-            self.config.min_sparsity_ratio_per_op,
-            self.config.max_sparsity_ratio_per_op,
-            0,
-        )
-
-    # -- scores: the Ln norm of each channel ------------------------------------------------
-    def block_scores(self, name: str, scores: Tensor, how: Reduce) -> Tensor:
-        """Each channel's Ln norm over every other dim, in one vectorized reduction (the same
-        ``vector_norm`` that ``torch.norm`` calls, so the values equal torch's bit for bit).
-        Under global scope, divided by ``size ** (1/n)`` so that layers compare fairly."""
-        layout = self.layouts[name]
-        assert isinstance(layout, AxisLayout)
-        norms: Tensor = torch.linalg.vector_norm(scores, ord=self.ord, dim=layout.span)
-        if self.config.pruning_scope == "global" and math.isfinite(self.ord):
-            norms = norms / float(layout.block_size) ** (1.0 / self.ord)
-        return norms.reshape(-1)
+    def _check_amount(self, name: str, amount: int, layout: NormLayout) -> None:
+        """An int amount above the channels or the max cap is refused (torch raises too),
+        rather than silently pruning fewer channels than asked."""
+        shape, channels = self.shapes[name], layout.num_blocks
+        cap = self.config.max_sparsity_ratio_per_op
+        allowed = caps_of(layout, self.config.min_sparsity_ratio_per_op, cap)[1]
+        if amount > channels:
+            raise ImpossibleTargetError(
+                f"amount={amount} channels, but op {name!r} ({self.module_kinds[name]}, "
+                f"weight shape {shape}) has only {channels} along dim {self.options.dim}"
+            )
+        if amount > allowed:
+            raise ImpossibleTargetError(
+                f"amount={amount} channels, but max_sparsity_ratio_per_op {cap} lets op "
+                f"{name!r} ({self.module_kinds[name]}, weight shape {shape}) remove at "
+                f"most {allowed} of its {channels} channels along dim {self.options.dim}; "
+                "raise max_sparsity_ratio_per_op (1.0 allows all) or lower amount"
+            )
 
     # -- counts: amount before the target ----------------------------------------------------
     def check_target(self, target_sparsity: float) -> float:
         """The effective target: a float ``amount`` when set (it takes precedence; it was
-        checked against the caps at get_pattern), else the given target, checked as usual.
+        checked against the caps with the config), else the given target, checked as usual.
         With an int ``amount`` the returned value is unused (counts are per op)."""
         amount = self.options.amount
         if amount is None:
             return super().check_target(target_sparsity)
-        if isinstance(target_sparsity, bool) or not isinstance(target_sparsity, (int, float)):
-            raise ValueError(
-                f"target_sparsity: expected a number in [0, 1), got {target_sparsity!r}"
-            )
-        if not 0.0 <= float(target_sparsity) < 1.0:
-            raise ValueError(f"target_sparsity: {target_sparsity!r} is not in [0, 1)")
+        check_target(target_sparsity, 1.0)
         return float(amount)
 
-    def local_block_count(self, name: str, op: OpBlocks, target: float) -> int:
-        """Channels op ``name`` removes: an int ``amount`` exactly, a float one
-        ``round(amount * channels)``, else ``round(target * channels)``; always within the
-        caps, whose lower bound covers channels a pre-mask already removed."""
+    def local_block_count(self, name: str, target: float) -> int:
+        """Channels op ``name`` removes: an int ``amount`` exactly, else ``round(target *
+        channels)`` (a float ``amount`` is the target); the caps apply after."""
         amount = self.options.amount
-        if amount is None:
-            return super().local_block_count(name, op, target)
-        wanted = amount if isinstance(amount, int) else round(amount * op.num_blocks)
-        return min(max(wanted, op.lo), op.hi)
+        if isinstance(amount, int):
+            return amount
+        return super().local_block_count(name, target)
 
 
 @hookimpl

@@ -1,23 +1,25 @@
 """The NxM family (INC's ``"NxM"``): ``"4x1"``, ``"1x1"``, ``"2x2"``, ``"channelx1"``, ...
 
 N counts output channels (dim 0, "vertical"), M input positions, on INC's 2-D view of the
-weight (see :mod:`prunekit.patterns.layout`). ``"1x1"`` is unstructured; ``"channel"`` spans
-the whole dim, so ``"channelx1"`` removes whole columns of the view and ``"1xchannel"``
-whole rows (a whole output neuron or conv filter).
+weight (see :mod:`prunekit.masks.views`). ``"1x1"`` is unstructured; ``"channel"`` spans the
+whole dim, so ``"channelx1"`` removes whole columns of the view and ``"1xchannel"`` whole
+rows (a whole output neuron or conv filter).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
 
-from prunekit.errors import IndivisibleShapeError, InvalidSpecError
-from prunekit.hookspecs import Register, hookimpl
-from prunekit.patterns.base import Pattern
-from prunekit.patterns.layout import BlockLayout, GridLayout
+from prunekit.errors import InvalidSpecError
+from prunekit.masks.geometry import BlockLayout
+from prunekit.masks.layouts import GridLayout
+from prunekit.masks.pattern import Pattern
+from prunekit.plugins.hookspecs import Register, hookimpl
 
 _SPEC = r"(?P<n>[0-9]+|channel)x(?P<m>[0-9]+|channel)"
 
@@ -49,21 +51,11 @@ class NxMPattern(Pattern):
         return params
 
     def layout(self, name: str, module: nn.Module) -> BlockLayout | None:
-        grid = GridLayout(self.shapes[name], 1, 1)
-        rows, cols = grid.rows, grid.cols
+        shape = self.shapes[name]
+        rows, cols = shape[0], math.prod(shape[1:])
         n = rows if self.params["n"] == "channel" else self.params["n"]
         m = cols if self.params["m"] == "channel" else self.params["m"]
-        if rows % n == 0 and cols % m == 0:
-            return GridLayout(self.shapes[name], n, m)
-        reason = f"its 2-D view ({rows}, {cols}) does not divide into {self.config.pattern} blocks"
-        if self.options.indivisible == "raise":
-            raise IndivisibleShapeError(
-                f"op {name!r}: {reason}; use indivisible='partial' (edge blocks) or 'skip'"
-            )
-        if self.options.indivisible == "skip":
-            self.skip(name, reason)
-            return None
-        return GridLayout(self.shapes[name], n, m)
+        return GridLayout(shape, n, m)
 
 
 @hookimpl

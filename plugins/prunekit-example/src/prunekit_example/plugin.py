@@ -28,9 +28,7 @@ import math
 import prunekit
 import torch
 import torch.nn.functional as F
-from prunekit.hookspecs import Register
-from prunekit.patterns import BlockLayout, GridLayout
-from prunekit.patterns.layout import Reduce
+from prunekit.masks import BlockLayout, GridLayout, Reduce
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -43,7 +41,11 @@ class DiagonalLayout:
     Block ``d`` (``0 <= d < num_blocks``) is diagonal d: tiles ``(r, (r + d) mod G)``.
     Scores reduce per tile first (through :class:`GridLayout`), then per diagonal through
     precomputed index tensors, so nothing loops over elements, tiles or diagonals.
+    ``indivisible_reason`` says when ``blocks`` does not divide the view; prunekit then
+    applies the pattern's ``indivisible`` option (partial tiles, skip, or raise).
     """
+
+    partial_edges = "partial edge tiles, min(blocks, rows, cols) diagonals"
 
     def __init__(self, shape: tuple[int, ...], blocks: int) -> None:
         self.shape = tuple(shape)
@@ -55,6 +57,12 @@ class DiagonalLayout:
                 f"shape {self.shape} and blocks={blocks}"
             )
         self.requested_blocks = blocks
+        self.indivisible_reason: str | None = (
+            None
+            if self.rows % blocks == 0 and self.cols % blocks == 0
+            else f"its 2-D view ({self.rows}, {self.cols}) does not divide into a "
+            f"{blocks} x {blocks} grid"
+        )
         g = min(blocks, self.rows, self.cols)
         self.num_blocks = g
         self.tile = (math.ceil(self.rows / g), math.ceil(self.cols / g))
@@ -144,25 +152,13 @@ class BlockDiagonalPattern(prunekit.Pattern):
     def layout(self, name: str, module: nn.Module) -> BlockLayout | None:
         shape = self.shapes[name]
         rows, cols = shape[0], math.prod(shape[1:])
-        blocks: int = self.options.blocks
         if rows == 0 or cols == 0:
             self.skip(name, f"its 2-D view ({rows}, {cols}) is empty")
             return None
-        if rows % blocks == 0 and cols % blocks == 0:
-            return DiagonalLayout(shape, blocks)
-        reason = f"its 2-D view ({rows}, {cols}) does not divide into a {blocks} x {blocks} grid"
-        if self.options.indivisible == "raise":
-            raise prunekit.IndivisibleShapeError(
-                f"op {name!r}: {reason}; use indivisible='partial' (partial edge tiles, "
-                f"min(blocks, rows, cols) diagonals) or 'skip'"
-            )
-        if self.options.indivisible == "skip":
-            self.skip(name, reason)
-            return None
-        return DiagonalLayout(shape, blocks)
+        return DiagonalLayout(shape, self.options.blocks)
 
 
 @prunekit.hookimpl
-def register_patterns(register: Register) -> None:
+def register_patterns(register: prunekit.Register) -> None:
     """prunekit calls this once when it loads the plugin's entry point."""
     register("block_diagonal", BlockDiagonalPattern)

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prunekit.patterns import hostops
+from prunekit.masks.select import kernels, threads
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
@@ -26,7 +26,7 @@ def tied_values(draw: st.DrawFn, max_size: int = 3000) -> torch.Tensor:
 
 @given(values=tied_values())
 def test_value_pairs_equal_unique_with_counts(values: torch.Tensor) -> None:
-    got_values, got_counts = hostops.value_pairs(values)
+    got_values, got_counts = kernels.value_pairs(values)
     wide = values.to(torch.float64) + 0.0
     expected_values, expected_counts = torch.unique(wide, sorted=True, return_counts=True)
     assert torch.equal(got_values.to(torch.float64), expected_values)
@@ -37,9 +37,9 @@ def test_value_pairs_equal_unique_with_counts(values: torch.Tensor) -> None:
 def test_order_by_value_is_a_stable_sort(values: torch.Tensor) -> None:
     wide = values.to(torch.float64) + 0.0
     expected = torch.sort(wide, stable=True).indices
-    assert torch.equal(hostops.order_by_value(wide), expected)
+    assert torch.equal(kernels.order_by_value(wide), expected)
     narrow = values.to(torch.float32) + 0.0
-    assert torch.equal(hostops.order_by_value(narrow), expected)
+    assert torch.equal(kernels.order_by_value(narrow), expected)
 
 
 @given(values=tied_values(), data=st.data())
@@ -49,10 +49,10 @@ def test_kth_smallest_and_rank_bracket_follow_the_sorted_order(
     ordered = torch.sort(values.to(torch.float64)).values
     n = values.numel()
     k = data.draw(st.integers(1, n))
-    assert hostops.kth_smallest(values, k) == float(ordered[k - 1])
+    assert kernels.kth_smallest(values, k) == float(ordered[k - 1])
     low = data.draw(st.none() | st.integers(0, n - 1))
     high = data.draw(st.none() | st.integers(low or 0, n - 1))
-    a, b = hostops.rank_bracket(values.to(torch.float64), low, high)
+    a, b = kernels.rank_bracket(values.to(torch.float64), low, high)
     assert a == (float(ordered[low]) if low is not None else None)
     if high is None:
         assert b is None
@@ -68,24 +68,24 @@ def test_greater_equal_and_count_true(n: int, dtype: torch.dtype) -> None:
     values = torch.randn(n, generator=generator).round().to(dtype)
     threshold = float(values[n // 2])
     expected = values >= threshold
-    assert torch.equal(hostops.greater_equal(values, threshold), expected)
+    assert torch.equal(kernels.greater_equal(values, threshold), expected)
     into = torch.empty(n, dtype=torch.uint8)
     assert torch.equal(
-        hostops.greater_equal(values, threshold, out=into).view(torch.bool), expected
+        kernels.greater_equal(values, threshold, out=into).view(torch.bool), expected
     )
-    assert hostops.count_true(into) == int(expected.sum())
-    assert hostops.count_true(expected) == int(expected.sum())
+    assert kernels.count_true(into) == int(expected.sum())
+    assert kernels.count_true(expected) == int(expected.sum())
 
 
 def test_sorted_values_widens_half_precision_exactly() -> None:
     values = torch.tensor([3.0, -1.5, 0.0, float("inf")], dtype=torch.bfloat16)
-    got = hostops.sorted_values(values)
+    got = kernels.sorted_values(values)
     assert got.dtype == torch.float32
     assert got.tolist() == [-1.5, 0.0, 3.0, float("inf")]
 
 
 @pytest.mark.skipif(
-    not hostops._thread_count_settable(), reason="torch's native backend: items run one by one"
+    not threads.thread_count_settable(), reason="torch's native backend: items run one by one"
 )
 def test_map_ops_keeps_order_and_restores_torch_threads() -> None:
     before = torch.get_num_threads()
@@ -97,7 +97,7 @@ def test_map_ops_keeps_order_and_restores_torch_threads() -> None:
             seen_threads.append(torch.get_num_threads())
             return item * item
 
-        assert hostops.map_ops(work, list(range(10))) == [i * i for i in range(10)]
+        assert threads.map_ops(work, list(range(10))) == [i * i for i in range(10)]
         assert set(seen_threads) == {1}  # each item ran single-threaded
         assert torch.get_num_threads() == 2
     finally:
@@ -115,8 +115,8 @@ def test_map_ops_raises_the_first_failure_and_restores_torch_threads() -> None:
             return item
 
         with pytest.raises(ValueError, match="item 3"):
-            hostops.map_ops(work, list(range(8)))
+            threads.map_ops(work, list(range(8)))
         assert torch.get_num_threads() == 2
-        assert hostops.map_ops(work, [0, 1, 2]) == [0, 1, 2]  # usable again
+        assert threads.map_ops(work, [0, 1, 2]) == [0, 1, 2]  # usable again
     finally:
         torch.set_num_threads(before)

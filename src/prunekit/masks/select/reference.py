@@ -1,8 +1,12 @@
-"""Which blocks to remove: exact counts, deterministic ties, caps, global scope.
+"""The reference selection: exact for any block sizes, the answer the counting engine must give.
+
+The counting engine (:mod:`prunekit.masks.select.counting`) is the fast path for blocks of
+equal size; this one also handles partial edge blocks and blocks a pre-mask removed tying
+with ``-inf`` scores, and the tests check the counting engine against it.
 
 Everything here works on *keys*: integers that sort exactly like the block scores (see
-:func:`sortable_keys`), so ties, ``-0.0``, ``inf`` and "already removed" sentinels are exact
-integer comparisons. Selection is by counting, never by a full sort:
+:func:`~prunekit.masks.numeric.sortable_keys`), so ties, ``-0.0``, ``inf`` and "already
+removed" sentinels are exact integer comparisons. Selection never sorts every block:
 
 * :func:`lowest_k` removes the ``k`` lowest keys of one op (one ``kthvalue`` and one pass for
   the ties, which go to the lower flat index);
@@ -15,40 +19,17 @@ integer comparisons. Selection is by counting, never by a full sort:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from prunekit.errors import ImpossibleTargetError
+from prunekit.masks.limits import unreachable_target
 
-_EPS = 1e-9
 # Radix digits: 16 bits (65,536 buckets, two passes over float32 keys) pays off on large
 # models; below this many blocks, 8-bit digits keep the per-pass histograms tiny.
 _WIDE_DIGITS_FROM = 1 << 16
-
-
-def key_dtype_for(dtype: torch.dtype) -> torch.dtype:
-    """The float dtype block scores are computed in: float64 stays exact, all else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def sortable_keys(scores: Tensor) -> Tensor:
-    """Integers that order exactly like the float ``scores`` (float32 -> int32, float64 ->
-    int64). ``-0.0`` equals ``0.0``; NaN must have been rejected before."""
-    scores = scores + 0.0  # a fresh tensor, and -0.0 becomes +0.0
-    if scores.dtype == torch.float64:
-        bits = scores.view(torch.int64)
-        return bits ^ ((bits >> 63) & 0x7FFFFFFFFFFFFFFF)
-    bits = scores.to(torch.float32).view(torch.int32)
-    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
-
-
-def removed_sentinel(keys: Tensor) -> int:
-    """A key below every real score's key: blocks already removed by a pre-mask."""
-    return int(torch.iinfo(keys.dtype).min)
 
 
 def lowest_k(keys: Tensor, k: int) -> Tensor:
@@ -68,7 +49,7 @@ def lowest_k(keys: Tensor, k: int) -> Tensor:
 
 
 @dataclass
-class OpBlocks:
+class KeyedOp:
     """One op's blocks as the global search sees them.
 
     ``keys``: 1-D sortable keys, one per block. ``sizes``: elements per block when they
@@ -100,27 +81,8 @@ class OpBlocks:
         return int(self.sizes[lowest_k(self.keys, k)].sum())
 
 
-def cap_counts(
-    num_blocks: int, min_ratio: float, max_ratio: float, pre_removed: int
-) -> tuple[int, int]:
-    """(lo, hi): the block counts an op must / may remove under its ratio caps.
-
-    The max cap rounds down and the min cap up (a cap is a promise); blocks a pre-mask
-    already removed stay removed, so both rise to cover them.
-    """
-    hi = math.floor(max_ratio * num_blocks + _EPS)
-    lo = min(math.ceil(min_ratio * num_blocks - _EPS), hi)
-    return max(lo, pre_removed), max(hi, pre_removed)
-
-
-def local_count(num_blocks: int, target: float, lo: int, hi: int) -> int:
-    """Blocks one op removes on its own: ``round(target * B)`` (Python's round, as
-    torch.nn.utils.prune) within its caps."""
-    return min(max(round(target * num_blocks), lo), hi)
-
-
 def global_counts(
-    ops: Sequence[OpBlocks], target_elements: int, total_elements: int | None = None
+    ops: Sequence[KeyedOp], target_elements: int, total_elements: int | None = None
 ) -> list[int]:
     """How many blocks each op removes so that, together, ``target_elements`` are removed.
 
@@ -135,13 +97,7 @@ def global_counts(
     reachable = sum(e_hi)
     if reachable < target_elements:
         total = total_elements or sum(op.num_elements for op in ops)
-        raise ImpossibleTargetError(
-            f"the pattern and the per-op caps allow removing at most {reachable} of {total} "
-            "elements "
-            f"({reachable / max(total, 1):.2%}) but the target asks for {target_elements} "
-            f"({target_elements / max(total, 1):.2%}): short by {target_elements - reachable} "
-            "elements; raise max_sparsity_ratio_per_op or lower the target"
-        )
+        raise unreachable_target(reachable, target_elements, total)
     if sum(e_lo) >= target_elements or not ops:
         return [op.lo for op in ops]
 
@@ -152,7 +108,7 @@ def global_counts(
 class _RadixSearch:
     """Finds the threshold key digit by digit, then shares the ties at it in op order."""
 
-    def __init__(self, ops: Sequence[OpBlocks], e_lo: list[int], e_hi: list[int], target: int):
+    def __init__(self, ops: Sequence[KeyedOp], e_lo: list[int], e_hi: list[int], target: int):
         self.ops = ops
         self.target = target
         self.device = ops[0].keys.device

@@ -30,7 +30,7 @@ from typing import Final, Protocol, cast, overload, runtime_checkable
 import torch
 from torch import Tensor
 
-from prunekit.hookspecs import Register, hookimpl
+from prunekit.plugins.hookspecs import Register, hookimpl
 
 __all__ = [
     "BUILTIN_CRITERIA",

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-from prunekit.hookspecs import Register, hookimpl
-
-if TYPE_CHECKING:
-    from prunekit.config import PruningConfig
+from prunekit.config.model import PruningConfig
+from prunekit.plugins.hookspecs import Register, hookimpl
 
 StepToSparsity = Callable[[int], float]
 

@@ -24,6 +24,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor, nn
 
+from prunekit.config.resolve import get_pattern
+from prunekit.plugins.default import default_host
+from prunekit.viz.figures import DPI, require_matplotlib, save_figure
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -50,14 +54,11 @@ _MAX_ELEMENTS = 1_000_000  # more than a picture can show
 KEPT_COLOR = "#2b6cb0"
 REMOVED_COLOR = "#edf0f4"
 EDGE_COLOR = "#7b8794"
-DPI = 100
-_VIZ_HINT = "install the viz extra: pip install 'prunekit[viz]'"
 _CORNERS = ((0, 0), (1, 0), (1, 1), (0, 1))
 # Figure margins in inches (left, right, top, bottom): tick labels and the axis label on the
 # left; the title and its two lines on top; ticks, axis label and legend at the bottom.
 _MARGINS = (0.8, 0.3, 0.9, 0.85)
 _MIN_WIDTH = 5.2
-_PNG_COLORS = 64
 # Cells drawn one by one (with borders) up to this many; beyond, one image without borders.
 _MAX_CELLS = 40_000
 
@@ -180,9 +181,6 @@ def mask_picture(
     None: the pattern's own default target (N/M for ``"2:4"``), else 0.5. ``options`` are
     the pattern's config fields (``blocks=4``), given flat as in a config dict.
     """
-    from prunekit.plugins import default_host
-    from prunekit.registry import get_pattern
-
     sizes = parse_shape(shape, module)
     entry = default_host().patterns.resolve(spec)  # an unknown name fails here, clearly
     target = sparsity
@@ -236,7 +234,7 @@ def draw_mask(
     Raises ImportError (telling how to install the viz extra) without matplotlib, and
     prunekit's usual errors for an unknown pattern or a module it cannot prune.
     """
-    _require_matplotlib()
+    require_matplotlib()
     picture = mask_picture(spec, module, shape, sparsity, scope, seed, **options)
     return figure_of(picture)
 
@@ -253,47 +251,13 @@ def save_mask_picture(
 ) -> MaskPicture:
     """Draw the mask (as :func:`draw_mask`) and save it to ``path`` (PNG, or any format
     matplotlib knows by the suffix); returns what was drawn."""
-    _require_matplotlib()
+    require_matplotlib()
     picture = mask_picture(spec, module, shape, sparsity, scope, seed, **options)
     save_figure(figure_of(picture), path)
     return picture
 
 
-def save_figure(figure: Figure, path: str | Path) -> None:
-    """Save deterministically: fixed dpi, no software or date metadata.
-
-    A PNG is written with a small palette (the pictures hold two colours, grey lines and
-    anti-aliased text), which makes it about four times smaller than matplotlib's RGBA PNG
-    and looks the same; other formats are matplotlib's own.
-    """
-    target = Path(path)
-    suffix = target.suffix.lower().lstrip(".") or "png"
-    if suffix != "png":
-        metadata: dict[str, Any] = {"Creator": None}
-        if suffix in {"pdf", "svg"}:
-            metadata["Date"] = None
-        figure.savefig(target, dpi=DPI, metadata=metadata, format=suffix)
-        return
-    import io
-
-    from PIL import Image  # a dependency of matplotlib
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, dpi=DPI, format="png", metadata={"Software": None})
-    buffer.seek(0)
-    with Image.open(buffer) as image:
-        palette = image.convert("RGB").quantize(_PNG_COLORS, method=Image.Quantize.MEDIANCUT)
-    palette.save(target, format="png", optimize=True)  # PIL adds no date or software field
-
-
 # -- drawing --------------------------------------------------------------------------------
-def _require_matplotlib() -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError as exc:
-        raise ImportError(f"prunekit's mask pictures need matplotlib; {_VIZ_HINT}") from exc
-
-
 @dataclass(frozen=True)
 class _Geometry:
     """Where each weight's cell goes: x, y of its top-left corner (weight-shaped)."""
@@ -361,10 +325,9 @@ def _geometry(kind: ModuleKind, shape: tuple[int, ...], gap: float, slice_gap: f
 
 def figure_of(picture: MaskPicture) -> Figure:
     """The Figure for a computed :class:`MaskPicture`."""
-    _require_matplotlib()
+    require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
 
     cells = picture.total
     many = cells > _MAX_CELLS
@@ -389,6 +352,14 @@ def figure_of(picture: MaskPicture) -> Figure:
         _draw_cells(ax, picture, geometry, cell)
     ax.set_xlim(-pad, geometry.width + pad)
     ax.set_ylim(geometry.height + pad, -pad)  # row 0 / filter 0 at the top
+    _label(figure, ax, picture, geometry)
+    return figure
+
+
+def _label(figure: Figure, ax: Axes, picture: MaskPicture, geometry: _Geometry) -> None:
+    """Ticks, axis labels, the title with what was removed, and the legend."""
+    from matplotlib.patches import Patch
+
     ax.set_xticks(geometry.xticks, geometry.xlabels, fontsize=8)
     ax.set_yticks(geometry.yticks, geometry.ylabels, fontsize=8)
     ax.tick_params(length=0)
@@ -423,7 +394,6 @@ def figure_of(picture: MaskPicture) -> Figure:
         frameon=False,
         fontsize=8,
     )
-    return figure
 
 
 def _draw_cells(ax: Axes, picture: MaskPicture, geometry: _Geometry, cell: float) -> None:

@@ -1,4 +1,5 @@
-"""The few steps of the counting selection that torch's CPU kernels do slowly, through numpy.
+"""Kernels of the selection engine: the few steps that torch's CPU kernels do slowly,
+through numpy.
 
 Why numpy: on CPU, numpy sorts with x86-simd-sort (AVX-512 / AVX2) and counts set bytes
 with vector instructions, where torch's kernels are generic. Measured on this project's
@@ -10,17 +11,17 @@ devices (CUDA) use torch's kernels, which are fast there.
 
 from __future__ import annotations
 
-import functools
 import itertools
-import os
-import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from prunekit.masks.numeric import sortable_keys
+from prunekit.masks.select.threads import workers
 
 # numpy has no bfloat16: these dtypes are widened to float32 (exactly) before sorting.
 _NUMPY_FLOATS = (torch.float32, torch.float64)
@@ -32,73 +33,11 @@ def _on_host(tensor: Tensor) -> bool:
 
 # Below this many elements a comparison runs on the calling thread alone.
 _SPLIT_FROM = 1 << 17
-_pools: dict[str, tuple[int, ThreadPoolExecutor]] = {}
 
 
-def _workers(kind: str = "chunks") -> ThreadPoolExecutor:
-    """Threads for comparison chunks (``"chunks"``) or whole ops (``"ops"``), each kind its
-    own pool so that an op's work never waits for a chunk queued behind it. Made again in
-    a forked child, where the parent's threads do not exist."""
-    made = _pools.get(kind)
-    if made is None or made[0] != os.getpid():
-        made = _pools[kind] = (os.getpid(), ThreadPoolExecutor(max(2, os.cpu_count() or 2)))
-    return made[1]
-
-
-_Item = TypeVar("_Item")
-_Result = TypeVar("_Result")
-_op_lock = threading.Lock()
-
-
-@functools.cache
-def _thread_count_settable() -> bool:
-    """Whether torch's intra-op thread count can change at any time: with the OpenMP
-    backend (Linux and Windows wheels) it can; the native backend refuses once parallel
-    work has started, and two items would then run on full thread teams at once."""
-    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
-
-
-def map_ops(
-    work: Callable[[_Item], _Result], items: Sequence[_Item], *, parallel: bool = True
-) -> list[_Result]:
-    """``[work(item) for item in items]``, the items spread over torch's thread count, each
-    running single-threaded torch and numpy.
-
-    Why: per op, a mask is a chain of steps, several of them serial (numpy's sorts and
-    selections, ``nonzero``, Python between kernels); running two ops at once keeps both
-    cores busy through those, where splitting every kernel over the cores leaves one idle
-    (measured: local 1x1 masks of the 85M stack in 152 ms instead of 202). Torch's
-    intra-op thread count is set to 1 for the duration (two thread teams on two cores would
-    wait on each other) and restored after; results keep the items' order. CPU only: one
-    item at a time when ``parallel`` is False (tensors elsewhere), when torch runs one
-    thread, or when another call is already spreading its items."""
-    threads = torch.get_num_threads()
-    if not parallel or threads <= 1 or len(items) <= 1 or not _thread_count_settable():
-        return [work(item) for item in items]
-    if not _op_lock.acquire(blocking=False):
-        return [work(item) for item in items]
-    try:
-        pool = _workers("ops")
-
-        def single_threaded(item: _Item) -> _Result:
-            torch.set_num_threads(1)
-            return work(item)
-
-        torch.set_num_threads(1)
-        pending: list[Future[_Result]] = []
-        try:
-            pending = [pool.submit(single_threaded, item) for item in items[:threads]]
-            results: list[_Result] = []
-            for index in range(len(items)):
-                results.append(pending[index].result())
-                if index + threads < len(items):
-                    pending.append(pool.submit(single_threaded, items[index + threads]))
-            return results
-        finally:
-            wait(pending)  # nothing of this call runs on once it returns or raises
-            torch.set_num_threads(threads)
-    finally:
-        _op_lock.release()
+def concat(tensors: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
+    """``torch.cat``, also of no tensors (an empty tensor of ``dtype``)."""
+    return torch.cat(list(tensors)) if tensors else torch.zeros(0, dtype=dtype)
 
 
 def greater_equal(values: Tensor, threshold: float, out: Tensor | None = None) -> Tensor:
@@ -122,7 +61,7 @@ def greater_equal(values: Tensor, threshold: float, out: Tensor | None = None) -
         return out
     edges = [n * t // threads // 64 * 64 for t in range(threads)] + [n]
     pending: list[Future[object]] = [
-        _workers().submit(np.greater_equal, source[lo:hi], bound, out=target[lo:hi])
+        workers("chunks").submit(np.greater_equal, source[lo:hi], bound, out=target[lo:hi])
         for lo, hi in itertools.pairwise(edges[1:])
     ]
     np.greater_equal(source[: edges[1]], bound, out=target[: edges[1]])
@@ -219,10 +158,8 @@ def order_by_value(values: Tensor) -> Tensor:
     narrow = values.to(torch.float32)
     exact = values.dtype != torch.float64 or bool((narrow.to(torch.float64) == values).all())
     if _on_host(values) and n < (1 << 31) and exact:
-        bits = (narrow + 0.0).view(torch.int32)
-        bits ^= (bits >> 31) & 0x7FFFFFFF
-        keys = bits.to(torch.int64).bitwise_left_shift_(32)
-        del bits, narrow
+        keys = sortable_keys(narrow).to(torch.int64).bitwise_left_shift_(32)
+        del narrow
         keys |= torch.arange(n, dtype=torch.int64)
         packed = keys.numpy()
         packed.sort(kind="quicksort")  # in place: no second copy of the keys

@@ -1,30 +1,21 @@
-"""Registries of named things (patterns, criteria, schedules) and the public pattern API.
+"""Registries of named things (patterns, criteria, schedules).
 
 A :class:`Registry` maps names to objects and knows who registered each (a distribution for
 plugins, ``"prunekit"`` for built-ins, a module for in-process ``@register_pattern`` use). A
 name may also stand for a *family* whose spec grammar (a regular expression) claims many
 specs: ``"NxM"`` claims ``"4x1"`` and ``"channelx1"``. Resolution tries exact names first,
 then the families' grammars in registration order, so built-ins (registered first) win.
-
-The module-level objects (``PATTERNS``, ``register_pattern``, ``get_pattern``,
-``list_patterns``) work on the default plugin host and load plugins on first use.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from prunekit.errors import NameTakenError, UnknownNameError
 from prunekit.naming import close_matches, matches_filter, natural_key
-
-if TYPE_CHECKING:
-    import torch.nn as nn
-
-    from prunekit.config import PruningConfig
-    from prunekit.patterns.base import Pattern
 
 T = TypeVar("T")
 BUILTIN_OWNER = "prunekit"
@@ -134,9 +125,6 @@ class Registry(Generic[T]):
         found = [e for e in self._entries.values() if matches_filter(e.name, filter)]
         return sorted(found, key=lambda e: natural_key(e.name))
 
-    def get(self, name: str) -> Entry[T] | None:
-        return self._entries.get(name)
-
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
 
@@ -163,93 +151,3 @@ def _clash(old: Entry[Any], new: Entry[Any]) -> str | None:
             if new.spec.fullmatch(name):
                 return name
     return None
-
-
-class RegistryView(Mapping[str, T]):
-    """A read-only view of one registry of the default host that loads plugins first.
-
-    ``PATTERNS["4x1"]`` and ``"4x1" in PATTERNS`` resolve family specs too, so a user can
-    ask for the spec they would write in a config; iteration lists registered names only.
-    """
-
-    def __init__(self, attribute: str) -> None:
-        self._attribute = attribute
-
-    def _registry(self) -> Registry[T]:
-        from prunekit.plugins import default_host
-
-        registry: Registry[T] = getattr(default_host(), self._attribute)
-        return registry
-
-    def __getitem__(self, name: str) -> T:
-        return self._registry().resolve(name).obj
-
-    def __contains__(self, name: object) -> bool:
-        if not isinstance(name, str):
-            return False
-        try:
-            self._registry().resolve(name)
-        except KeyError:
-            return False
-        return True
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(self._registry()))
-
-    def __len__(self) -> int:
-        return len(self._registry())
-
-    def entry(self, name: str) -> Entry[T]:
-        """The registry entry (owner, description, grammar) that answers to ``name``."""
-        return self._registry().resolve(name)
-
-    def __repr__(self) -> str:
-        return f"<prunekit {self._attribute}: {', '.join(self)}>"
-
-
-PATTERNS: RegistryView[type[Pattern]] = RegistryView("patterns")
-CRITERIA: RegistryView[Callable[..., Any]] = RegistryView("criteria")
-SCHEDULES: RegistryView[Callable[..., Any]] = RegistryView("schedules")
-
-
-def register_pattern(
-    name: str, *, override: bool = False
-) -> Callable[[type[Pattern]], type[Pattern]]:
-    """Class decorator: register a :class:`~prunekit.Pattern` subclass under ``name``.
-
-    The in-process twin of a plugin's ``register_patterns`` hook; both end in the same
-    registry call. The owner recorded is the class's module. A taken name is refused with
-    both owners named unless ``override=True`` (never allowed over a built-in).
-    """
-
-    def decorate(cls: type[Pattern]) -> type[Pattern]:
-        from prunekit.plugins import default_host
-
-        default_host().register("patterns", name, cls, owner=cls.__module__, override=override)
-        return cls
-
-    return decorate
-
-
-def list_patterns(filter: str | None = None) -> list[str]:
-    """Registered pattern names matching ``filter`` (shell wildcards, or a substring)."""
-    from prunekit.plugins import default_host
-
-    return [e.name for e in default_host().patterns.entries(filter)]
-
-
-def get_pattern(
-    config: PruningConfig | Mapping[str, Any], modules: Mapping[str, nn.Module]
-) -> Pattern:
-    """Build the pattern ``config.pattern`` names for ``modules`` (op name -> module).
-
-    ``config`` may be a dict (validated here, errors as ``field: message`` lines) or a
-    :class:`~prunekit.PruningConfig`. Raises :class:`~prunekit.UnknownPatternError` for an
-    unknown name and :class:`~prunekit.UnsupportedModuleError` for a module the pattern
-    cannot handle.
-    """
-    from prunekit.config import load_config
-
-    validated = load_config(config)
-    cls = PATTERNS[validated.pattern]
-    return cls(validated, modules)

@@ -10,14 +10,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from prunekit.errors import ImpossibleTargetError
-from prunekit.patterns.selection import (
-    OpBlocks,
-    cap_counts,
-    global_counts,
-    local_count,
-    lowest_k,
-    sortable_keys,
-)
+from prunekit.masks.limits import block_caps, local_count
+from prunekit.masks.numeric import sortable_keys
+from prunekit.masks.select.reference import KeyedOp as OpBlocks
+from prunekit.masks.select.reference import global_counts, lowest_k
+
+
+def cap_counts(blocks: int, low: float, high: float, pre_removed: int) -> tuple[int, int]:
+    """The caps of an op whose blocks each remove the same share of it."""
+    return block_caps(blocks, high * blocks, low * blocks, pre_removed)
 
 
 def test_sortable_keys_order_floats_exactly() -> None:
@@ -46,10 +47,10 @@ def test_lowest_k_breaks_ties_toward_lower_index() -> None:
 
 
 def test_local_count_uses_python_round_and_caps() -> None:
-    assert local_count(10, 0.25, 0, 10) == 2  # round(2.5) == 2, as torch.nn.utils.prune
-    assert local_count(10, 0.35, 0, 10) == 4  # round(3.5) == 4
-    assert local_count(10, 0.9, 0, 8) == 8
-    assert local_count(10, 0.0, 3, 8) == 3
+    assert local_count(round(10 * 0.25), 0, 10) == 2  # round(2.5) == 2, as torch's prune
+    assert local_count(round(10 * 0.35), 0, 10) == 4  # round(3.5) == 4
+    assert local_count(round(10 * 0.9), 0, 8) == 8
+    assert local_count(round(10 * 0.0), 3, 8) == 3
     assert cap_counts(100, 0.07, 0.98, 0) == (7, 98)
     assert cap_counts(3, 0.0, 0.98, 0) == (0, 2)
     assert cap_counts(10, 0.0, 0.5, 7) == (7, 7)  # pre-removed blocks stay removed

@@ -29,21 +29,19 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from prunekit.config import PruningConfig, load_configs
-from prunekit.errors import ImpossibleTargetError, PrunekitError
-from prunekit.patterns.base import Pattern
-from prunekit.registry import CRITERIA, PATTERNS, SCHEDULES
-from prunekit.report import OpReport, PruningReport
-from prunekit.selection_ops import select_all
+from prunekit.config.files import ConfigSource, load_configs
+from prunekit.config.model import PruningConfig
+from prunekit.config.resolve import resolve
+from prunekit.errors import ImpossibleTargetError, MaskFileError, PrunekitError
+from prunekit.masks.pattern import Pattern
+from prunekit.plugins.host import PluginHost
+from prunekit.training.ops import select_all
+from prunekit.training.report import OpReport, PruningReport
 
 MASK_BUFFER = "weight_mask"
 BIAS_MASK_BUFFER = "bias_mask"
 STATE_FORMAT = "prunekit.Pruner"
 STATE_VERSION = 1
-
-
-class MaskFileError(PrunekitError, ValueError):
-    """Masks (from a file or a state dict) that do not fit the Pruner's ops."""
 
 
 class _GradMask:
@@ -82,14 +80,15 @@ class _Group:
         return bool(getattr(self.criterion, "stateful", False))
 
 
-ConfigInput = PruningConfig | Mapping[str, Any] | str | os.PathLike[str]
+ConfigInput = ConfigSource
 
 
 class Pruner:
     """Prunes ``model`` by one config or a list of them, each over its own ops.
 
     ``optimizer`` (optional): its momentum and Adam moments of removed weights are zeroed
-    whenever masks change. Call :meth:`step` once per training step, after
+    whenever masks change. ``host``: the plugin host the configs' names are resolved
+    against (default: the process's). Call :meth:`step` once per training step, after
     ``optimizer.step()``; :meth:`remove` when done.
     """
 
@@ -99,20 +98,21 @@ class Pruner:
         configs: ConfigInput | Sequence[ConfigInput],
         *,
         optimizer: torch.optim.Optimizer | None = None,
+        host: PluginHost | None = None,
     ) -> None:
-        validated = load_configs(list(configs) if _is_sequence(configs) else configs)
+        validated = load_configs(list(configs) if _is_sequence(configs) else configs, host=host)
         chosen = select_all(model, validated)
         groups: list[_Group] = []
         for index, (config, ops) in enumerate(zip(validated, chosen, strict=True)):
-            pattern = PATTERNS[config.pattern](config, ops)
+            resolved = resolve(config, host)
             groups.append(
                 _Group(
                     index=index,
-                    config=config,
+                    config=resolved.config,
                     ops=ops,
-                    pattern=pattern,
-                    criterion=CRITERIA[config.criterion],
-                    schedule=SCHEDULES[config.schedule_name](config),
+                    pattern=resolved.pattern(resolved.config, ops),
+                    criterion=resolved.criterion,
+                    schedule=resolved.schedule,
                     generator=torch.Generator().manual_seed(config.seed),
                 )
             )
@@ -495,4 +495,4 @@ def prune(model: nn.Module, config: ConfigInput | Sequence[ConfigInput]) -> Prun
     return pruner
 
 
-__all__ = ["MaskFileError", "Pruner", "prune"]
+__all__ = ["Pruner", "prune"]

@@ -1,76 +1,42 @@
-"""Block layouts: how a pattern groups one weight's elements into blocks.
-
-A :class:`BlockLayout` turns a weight-shaped tensor into one value per block (``reduce``)
-and a per-block keep decision back into a weight-shaped mask (``expand``). Patterns built on
-the base class only say which layout each op gets; the base class does the counting.
+"""The built-in block layouts: tiles of INC's 2-D view, and blocks spanning whole dims.
 
 :class:`GridLayout` is the NxM tiling of INC's 2-D view: Linear ``(out, in)`` as is, Conv
 ``(out, in, *k)`` permuted to ``(out, *k, in)`` and flattened to ``(out, prod(k) * in)``
-(the input channel varies fastest). Edge tiles may be partial.
+(the input channel varies fastest). Edge tiles may be partial. :class:`AxisLayout` makes
+blocks that span named dims of the weight (fasterai's granularities, torch's channels).
+Both keep the :class:`~prunekit.masks.geometry.BlockLayout` contract.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-Reduce = Literal["mean", "sum", "max"]
-
-
-class BlockLayout(Protocol):
-    """The contract every block layout keeps (flat block order defines tie-breaking)."""
-
-    num_blocks: int
-    block_size: int  # nominal elements per block
-    sizes: Tensor | None  # elements per block (1-D) when blocks differ in size, else None
-
-    def reduce(self, values: Tensor, how: Reduce) -> Tensor:
-        """Weight-shaped ``values`` -> 1-D ``(num_blocks,)``, reduced over each block."""
-        ...
-
-    def expand(self, block_values: Tensor) -> Tensor:
-        """1-D ``(num_blocks,)`` -> weight-shaped, each element taking its block's value."""
-        ...
-
-
-def _accumulator(dtype: torch.dtype) -> torch.dtype:
-    """Block sums and means of half-precision scores are taken in float32, so that blocks do
-    not tie merely because bf16 rounded their means."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def to_2d(weight: Tensor) -> Tensor:
-    """INC's 2-D view of a Linear or Conv weight: ``(out, prod(kernel) * in)``, in fastest."""
-    if weight.dim() <= 2:
-        return weight
-    order = (0, *range(2, weight.dim()), 1)
-    return weight.permute(order).reshape(weight.shape[0], -1)
-
-
-def from_2d(view: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
-    """Inverse of :func:`to_2d` for a weight of ``shape``."""
-    if len(shape) <= 2:
-        return view.reshape(shape)
-    out, inp, *kernel = shape
-    permuted = view.reshape(out, *kernel, inp)
-    last = len(shape) - 1
-    return permuted.permute(0, last, *range(1, last))
+from prunekit.masks.geometry import Reduce
+from prunekit.masks.numeric import working_dtype
+from prunekit.masks.views import from_2d, to_2d
 
 
 class GridLayout:
     """``n x m`` tiles on the 2-D view of a weight of ``shape``; edge tiles may be partial.
 
-    Blocks are numbered row-major over the tile grid ``(ceil(R/n), ceil(C/m))``.
+    Blocks are numbered row-major over the tile grid ``(ceil(R/n), ceil(C/m))``; a tile
+    larger than the view is cut to it. ``indivisible_reason`` says when ``n`` and ``m`` do
+    not divide the view.
     """
 
     def __init__(self, shape: tuple[int, ...], n: int, m: int) -> None:
         self.shape = tuple(shape)
         rows = shape[0]
         cols = math.prod(shape[1:]) if len(shape) > 1 else 1
+        self.indivisible_reason: str | None = (
+            None
+            if rows % n == 0 and cols % m == 0
+            else f"its 2-D view ({rows}, {cols}) does not divide into {n}x{m} blocks"
+        )
         self.rows, self.cols, self.n, self.m = rows, cols, min(n, rows), min(m, cols)
         self.grid = (math.ceil(rows / self.n), math.ceil(cols / self.m))
         self.num_blocks = self.grid[0] * self.grid[1]
@@ -93,14 +59,14 @@ class GridLayout:
             fill = float("-inf") if how == "max" else 0.0
             view = F.pad(view, (0, self.pad[1], 0, self.pad[0]), value=fill)
         if self.divisible and _halvable(self.m):
-            total = _reduce_tiles(view, self.n, self.m, how, _accumulator(values.dtype))
+            total = _reduce_tiles(view, self.n, self.m, how, working_dtype([values.dtype]))
             if how != "mean":
                 return total
             return total.div_(self.block_size)
         tiles = view.reshape(self.grid[0], self.n, self.grid[1], self.m)
         if how == "max":
             return tiles.amax(dim=(1, 3)).reshape(-1)
-        total = tiles.sum(dim=(1, 3), dtype=_accumulator(values.dtype)).reshape(-1)
+        total = tiles.sum(dim=(1, 3), dtype=working_dtype([values.dtype])).reshape(-1)
         if how == "sum":
             return total
         if self.sizes is None:
@@ -193,9 +159,9 @@ class AxisLayout:
         if how == "max":
             reduced = values.amax(dim=self.span)
         elif how == "sum":
-            reduced = values.sum(dim=self.span, dtype=_accumulator(values.dtype))
+            reduced = values.sum(dim=self.span, dtype=working_dtype([values.dtype]))
         else:
-            reduced = values.mean(dim=self.span, dtype=_accumulator(values.dtype))
+            reduced = values.mean(dim=self.span, dtype=working_dtype([values.dtype]))
         return reduced.reshape(-1)
 
     def expand(self, block_values: Tensor) -> Tensor:

@@ -1,8 +1,14 @@
-"""The pluggy plugin manager: built-ins first, then third-party entry points, each isolated.
+"""The plugin host: one pluggy manager and the registries it fills, built-ins first, then
+third-party entry points, each isolated.
 
 Loading is lazy (the first use of a registry), idempotent, and fault-isolated: a plugin that
-fails to import, fails inside its hook, or claims a taken name is reported with a
-:class:`PluginWarning` naming its distribution and the reason; everything else still loads.
+fails to import, fails inside its hook, implements a hook prunekit does not define, or claims
+a taken name is reported with a :class:`~prunekit.errors.PluginWarning` naming its
+distribution and the reason; everything else still loads. pluggy validates hook signatures
+(``register``), finds unknown hooks (``check_pending``), blocks skipped plugins
+(``set_blocked``) and calls one plugin's hooks (``subset_hook_caller``); what it does not do
+is load entry points one by one without letting one failure stop the rest, so that part is
+here.
 
 Environment variables (read when plugins load):
 
@@ -22,6 +28,7 @@ import importlib
 import importlib.metadata as metadata
 import inspect
 import os
+import re
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -30,15 +37,17 @@ from typing import Any, Literal
 
 import pluggy
 
-from prunekit import hookspecs
 from prunekit.errors import (
     NameTakenError,
+    PluginWarning,
     UnknownCriterionError,
     UnknownPatternError,
     UnknownScheduleError,
 )
-from prunekit.naming import normalize_distribution
-from prunekit.registry import BUILTIN_OWNER, Entry, Registry
+from prunekit.masks.pattern import Pattern
+from prunekit.naming import close_matches, normalize_distribution
+from prunekit.plugins import hookspecs
+from prunekit.plugins.registry import BUILTIN_OWNER, Entry, Registry
 
 ENTRY_POINT_GROUP = "prunekit"
 LOAD_ENV = "PRUNEKIT_LOAD_PLUGINS"
@@ -51,21 +60,18 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "prunekit.patterns.granularity",
     "prunekit.patterns.fillers",
     "prunekit.patterns.ln_structured",
-    "prunekit.criteria",
-    "prunekit.schedules",
+    "prunekit.training.criteria",
+    "prunekit.training.schedules",
 )
 
 Kind = Literal["patterns", "criteria", "schedules"]
 KINDS: tuple[Kind, ...] = ("patterns", "criteria", "schedules")
-_HOOK_OF: dict[Kind, str] = {
+HOOK_OF: dict[Kind, str] = {
     "patterns": "register_patterns",
     "criteria": "register_criteria",
     "schedules": "register_schedules",
 }
-
-
-class PluginWarning(UserWarning):
-    """A plugin could not be loaded, or part of what it registered was refused."""
+_UNKNOWN_HOOK = re.compile(r"unknown hook '([^']+)'")
 
 
 @dataclass
@@ -101,8 +107,6 @@ def _first_line(doc: str | None) -> str:
 
 
 def _check_pattern(name: str, obj: Any) -> None:
-    from prunekit.patterns.base import Pattern
-
     if not (isinstance(obj, type) and issubclass(obj, Pattern)):
         raise TypeError(f"pattern {name!r} must be a subclass of prunekit.Pattern, got {obj!r}")
 
@@ -125,9 +129,9 @@ def _env_names(variable: str) -> set[str] | None:
 class PluginHost:
     """One pluggy manager and the registries it fills.
 
-    The process has one default host (:func:`default_host`); tests build fresh ones.
-    ``builtins`` lists the built-in plugin modules; ``metadata_path`` restricts entry-point
-    discovery to those directories (``None``: ``sys.path``, as usual).
+    The process has one default host (:func:`~prunekit.plugins.default_host`); tests build
+    fresh ones. ``builtins`` lists the built-in plugin modules; ``metadata_path`` restricts
+    entry-point discovery to those directories (``None``: ``sys.path``, as usual).
     """
 
     def __init__(
@@ -193,15 +197,13 @@ class PluginHost:
         self.records.append(record)
 
     def _entry_points(self) -> Iterable[tuple[str, str, metadata.EntryPoint]]:
+        """The entry points to load, in a stable order (so that conflicts between two
+        plugins resolve the same way on every machine); skipped ones are blocked and
+        recorded."""
         allowed, skipped = _env_names(LOAD_ENV), _env_names(SKIP_ENV) or set()
         found: list[tuple[str, str, metadata.EntryPoint]] = []
         seen: set[tuple[str, str]] = set()
-        distributions = (
-            metadata.distributions()
-            if self.metadata_path is None
-            else metadata.distributions(path=self.metadata_path)
-        )
-        for dist in distributions:
+        for dist in self._distributions():
             dist_name = dist.metadata["Name"] or "?"
             key = normalize_distribution(dist_name)
             if key == BUILTIN_OWNER:
@@ -212,6 +214,7 @@ class PluginHost:
                 seen.add((key, ep.name))
                 if (allowed is not None and key not in allowed) or key in skipped:
                     variable = SKIP_ENV if key in skipped else LOAD_ENV
+                    self.manager.set_blocked(f"{dist_name}:{ep.name}")
                     self.records.append(
                         PluginRecord(
                             dist_name,
@@ -223,10 +226,13 @@ class PluginHost:
                     )
                     continue
                 found.append((dist_name, dist.version, ep))
-        # A stable order, so that conflicts between two plugins resolve the same way on
-        # every machine: distribution name, then entry-point name.
         found.sort(key=lambda item: (normalize_distribution(item[0]), item[2].name))
         return found
+
+    def _distributions(self) -> Iterable[metadata.Distribution]:
+        if self.metadata_path is None:
+            return metadata.distributions()
+        return metadata.distributions(path=self.metadata_path)
 
     def _load_entry_point(self, dist_name: str, version: str, ep: metadata.EntryPoint) -> None:
         record = PluginRecord(dist_name, version, f"{ep.name} = {ep.value}")
@@ -241,28 +247,28 @@ class PluginHost:
         except Exception as exc:  # pluggy validates hook signatures here
             self._fail(record, f"was refused by the plugin manager ({type(exc).__name__}: {exc})")
             return
-        unknown = self._unknown_hooks(plugin)
+        unknown = self._unknown_hook(plugin)
         if unknown:
-            self.manager.unregister(plugin)
             self._fail(record, unknown)
             return
         self._run_hooks(plugin, record, builtin=False)
 
-    def _unknown_hooks(self, plugin: object) -> str | None:
-        """A reason if ``plugin`` implements a hook prunekit does not define (a typo)."""
-        from prunekit.naming import close_matches
-
-        known = list(_HOOK_OF.values())
-        for hook_name, caller in vars(self.manager.hook).items():
-            if caller.spec is not None:
-                continue
-            if any(impl.plugin is plugin for impl in caller.get_hookimpls()):
-                hint = close_matches(hook_name, known)
-                return (
-                    f"implements unknown hook {hook_name!r}"
-                    + (f"; did you mean {hint[0]!r}?" if hint else "")
-                    + f" (prunekit's hooks: {', '.join(known)})"
-                )
+    def _unknown_hook(self, plugin: object) -> str | None:
+        """A reason if ``plugin`` implements a hook prunekit does not define (a typo), found
+        by pluggy's ``check_pending``; the plugin is then unregistered."""
+        try:
+            self.manager.check_pending()
+        except pluggy.PluginValidationError as exc:
+            self.manager.unregister(plugin)
+            found = _UNKNOWN_HOOK.search(str(exc))
+            hook_name = found.group(1) if found else str(exc)
+            known = list(HOOK_OF.values())
+            hint = close_matches(hook_name, known)
+            return (
+                f"implements unknown hook {hook_name!r}"
+                + (f"; did you mean {hint[0]!r}?" if hint else "")
+                + f" (prunekit's hooks: {', '.join(known)})"
+            )
         return None
 
     def add_plugin(
@@ -288,29 +294,28 @@ class PluginHost:
         a name that is taken is refused on its own, with a warning, and the rest is kept.
         """
         staged: list[tuple[Kind, Entry[Any]]] = []
+        others = [p for p in self.manager.get_plugins() if p is not plugin]
         for kind in KINDS:
-            registry = self.registry(kind)
-            for impl in getattr(self.manager.hook, _HOOK_OF[kind]).get_hookimpls():
-                if impl.plugin is not plugin:
-                    continue
 
-                def register(
-                    name: str, obj: Any, _kind: Kind = kind, _registry: Registry[Any] = registry
-                ) -> None:
-                    staged.append(
-                        (
-                            _kind,
-                            _registry.make_entry(name, obj, record.distribution, builtin=builtin),
-                        )
-                    )
+            def register(name: str, obj: Any, _kind: Kind = kind) -> None:
+                entry = self.registry(_kind).make_entry(
+                    name, obj, record.distribution, builtin=builtin
+                )
+                staged.append((_kind, entry))
 
-                try:
-                    impl.function(*[{"register": register}[arg] for arg in impl.argnames])
-                except Exception as exc:
-                    if builtin:
-                        raise
-                    self._fail(record, f"raised in {_HOOK_OF[kind]} ({type(exc).__name__}: {exc})")
-                    return
+            caller = self.manager.subset_hook_caller(HOOK_OF[kind], remove_plugins=others)
+            try:
+                caller(register=register)
+            except Exception as exc:
+                if builtin:
+                    raise
+                self._fail(record, f"raised in {HOOK_OF[kind]} ({type(exc).__name__}: {exc})")
+                return
+        self._commit(staged, record, builtin=builtin)
+
+    def _commit(
+        self, staged: list[tuple[Kind, Entry[Any]]], record: PluginRecord, *, builtin: bool
+    ) -> None:
         for kind, entry in staged:
             registry = self.registry(kind)
             try:
@@ -321,7 +326,7 @@ class PluginHost:
                 record.status = "partial"
                 record.problems.append(str(exc))
                 warnings.warn(
-                    f"prunekit plugin {record.distribution!r}: {exc}", PluginWarning, stacklevel=2
+                    f"prunekit plugin {record.distribution!r}: {exc}", PluginWarning, stacklevel=3
                 )
                 continue
             registry.add(entry.name, entry.obj, entry.owner, builtin=builtin)
@@ -334,7 +339,7 @@ class PluginHost:
             f"prunekit plugin {record.distribution!r} ({record.entry_point}) {reason}; "
             "its patterns are not available, everything else loaded",
             PluginWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
 
     # -- registration from user code ------------------------------------------------------
@@ -351,30 +356,3 @@ def _version(distribution: str) -> str:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:
         return "unknown"
-
-
-_default: PluginHost | None = None
-_default_lock = threading.Lock()
-
-
-def default_host() -> PluginHost:
-    """The process-wide host, loaded on first use."""
-    global _default
-    if _default is None:
-        with _default_lock:
-            if _default is None:
-                _default = PluginHost()
-    return _default.load()
-
-
-def reset_default_host() -> None:
-    """Forget the loaded plugins, so the next use loads them again (after changing the
-    environment variables or installing a plugin in a running process)."""
-    global _default
-    with _default_lock:
-        _default = None
-
-
-def load_plugins() -> list[PluginRecord]:
-    """Load plugins now (they load on first use anyway) and return what each one did."""
-    return default_host().records

@@ -14,12 +14,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from prunekit.config import PruningConfig
-from prunekit.errors import PrunekitError
-
-
-class OpSelectionError(PrunekitError, ValueError):
-    """A config that selects no op, or two configs that claim the same op."""
+from prunekit.config.model import PruningConfig
+from prunekit.errors import OpSelectionError
 
 
 def prunable_modules(model: nn.Module) -> dict[str, nn.Module]:

@@ -7,8 +7,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prunekit.config import PruningConfig, load_configs
-from prunekit.registry import SCHEDULES
+from prunekit.config.files import load_configs
+from prunekit.config.model import PruningConfig
+from prunekit.plugins.default import SCHEDULES
+from prunekit.viz.figures import require_matplotlib, save_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -36,9 +38,7 @@ def default_steps(configs: list[PruningConfig]) -> int:
 
 def draw_schedule(source: Any, steps: int | None = None) -> Figure:
     """A Figure of every config's target over steps (one line per config)."""
-    from prunekit.viz import _require_matplotlib
-
-    _require_matplotlib()
+    require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -64,7 +64,5 @@ def draw_schedule(source: Any, steps: int | None = None) -> Figure:
 
 
 def save_schedule_plot(path: str | os.PathLike[str], source: Any, steps: int | None = None) -> Path:
-    from prunekit.viz import save_figure
-
     save_figure(draw_schedule(source, steps), Path(path))
     return Path(path)
