@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from torch.ao.pruning.sparsifier.weight_norm_sparsifier import WeightNormSparsifier
 
 import prunekit as pk
+from prunekit.masks.select import counting, passes
 
 BERT_BLOCK = [
     ("q", 768, 768),
@@ -848,6 +849,78 @@ def run_overhead(args: argparse.Namespace) -> None:
     )
 
 
+class CountedReads(Mapping[str, Tensor]):
+    """|W| computed at every access and counted: what a streaming run reads."""
+
+    def __init__(self, modules: dict[str, nn.Linear]) -> None:
+        self.modules = modules
+        self.reads = 0
+
+    def __getitem__(self, name: str) -> Tensor:
+        self.reads += 1
+        return self.modules[name].weight.detach().abs()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.modules)
+
+    def __len__(self) -> int:
+        return len(self.modules)
+
+
+def counted_passes(run: Callable[[], object]) -> int:
+    """How many counting passes ``run`` makes (the engine's own pass function, counted)."""
+    calls = 0
+    original = passes.count_pass
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return original(*args, **kwargs)
+
+    passes.count_pass, counting.count_pass = counted, counted  # type: ignore[assignment]
+    try:
+        run()
+    finally:
+        passes.count_pass, counting.count_pass = original, original  # type: ignore[assignment]
+    return calls
+
+
+def run_engine(args: argparse.Namespace) -> None:
+    """The engine's invariants of speed, measured: how often a streaming run reads each op's
+    scores, and how many counting passes a global selection makes per op (ops held by their
+    caps included: BERT's fc2 at the 0.98 cap)."""
+    modules = bert_stack(args.blocks)
+    ops = len(modules)
+    rows = []
+    for spec in ("1x1", "4x1", "2:4"):
+        for scope in ("global", "local"):
+            target = 0.5 if spec == "2:4" else args.sparsity
+            config = pk_config(spec, scope)
+            pattern = pk.get_pattern({**config, "target_sparsity": target}, modules)
+            scores = CountedReads(modules)
+            for _ in pattern.iter_masks(scores, target):
+                pass
+            reads = scores.reads / ops
+            plain = {n: m.weight.detach().abs() for n, m in modules.items()}
+            made = counted_passes(lambda p=pattern, s=plain, t=target: p.get_masks(s, t))
+            streamed = counted_passes(
+                lambda p=pattern, t=target: list(p.iter_masks(CountedReads(modules), t))
+            )
+            rows.append([f"{spec} {scope}", f"{reads:g}", f"{made / ops:g}", f"{streamed / ops:g}"])
+    print(machine(args.commit) + "\n")
+    print_table(
+        f"Engine: score reads and counting passes per op, {ops} ops, target {args.sparsity}",
+        [
+            "pattern",
+            "score reads per op (iter_masks)",
+            "passes per op (get_masks)",
+            "passes per op (iter_masks)",
+        ],
+        rows,
+        args.markdown,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -873,6 +946,9 @@ def main() -> None:
     )
     parser.add_argument("--scale", action="store_true", help="1x, 2x and 4x --blocks")
     parser.add_argument("--overhead", action="store_true", help="training-step overhead")
+    parser.add_argument(
+        "--engine", action="store_true", help="score reads and counting passes per op"
+    )
     parser.add_argument("--steps", type=int, default=20, help="--overhead: timed steps")
     parser.add_argument("--warmup", type=int, default=3, help="--overhead: warm-up steps")
     parser.add_argument(
@@ -892,7 +968,9 @@ def main() -> None:
         print(json.dumps(only(args.only, args.blocks, args.sparsity)))
         return
     args.commit = git_commit()
-    if args.overhead:
+    if args.engine:
+        run_engine(args)
+    elif args.overhead:
         run_overhead(args)
     elif args.scale:
         run_scale(args)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from torch import nn
 
 import prunekit as pk
 from prunekit.config import config_json_schema
@@ -181,3 +182,27 @@ def test_json_schema_has_builtin_and_plugin_fields() -> None:
     )
     assert "blocks" in diagonal["then"]["properties"]
     json.dumps(schema)
+
+
+def test_an_unknown_pattern_is_both_a_config_error_and_an_unknown_pattern_error() -> None:
+    """get_pattern validates the dict: the error is a ConfigError (``field: message`` lines,
+    a ValueError) and the documented UnknownPatternError (a KeyError, with suggestions);
+    catching either works."""
+    modules = {"conv": nn.Conv2d(3, 8, 3)}
+    for caught in (pk.UnknownPatternError, pk.ConfigError, KeyError, ValueError):
+        with pytest.raises(caught) as info:
+            pk.get_pattern({"pattern": "filtr"}, modules)
+        assert isinstance(info.value, pk.UnknownPatternError)
+        assert isinstance(info.value, pk.ConfigError)
+    error = info.value
+    assert error.suggestions[0] == "filter"
+    assert "pattern: unknown pattern 'filtr'; did you mean 'filter'" in str(error)
+    assert error.lines == [line.strip() for line in str(error).splitlines()[1:]]
+
+
+def test_several_configs_keep_the_unknown_name_error() -> None:
+    with pytest.raises(pk.UnknownCriterionError) as info:
+        pk.load_configs([{"pattern": "4x1"}, {"pattern": "1x1", "criterion": "magnitud"}])
+    assert isinstance(info.value, pk.ConfigError)
+    assert "pruning_configs[1].criterion: unknown criterion 'magnitud'" in str(info.value)
+    assert info.value.suggestions == ["magnitude"]

@@ -137,6 +137,35 @@ def test_in_process_plugin_object_registers_through_the_hook(tmp_path: Path) -> 
     assert host.patterns.resolve("4x1").name == "NxM"
 
 
+def test_a_config_is_validated_and_run_against_the_host_it_is_given(tmp_path: Path) -> None:
+    """A test's (or an application's) own host: its patterns are valid names there and only
+    there; get_pattern and the Pruner resolve against it."""
+    host = PluginHost(metadata_path=[str(tmp_path)])
+
+    class Halves(pk.Pattern):
+        Options = pk.BlockOptions
+
+        def layout(self, name, module):  # type: ignore[no-untyped-def]
+            return pk.GridLayout(self.shapes[name], 1, 2)
+
+    class Plugin:
+        @pk.hookimpl
+        def register_patterns(self, register):  # type: ignore[no-untyped-def]
+            register("halves", Halves)
+
+    host.add_plugin(Plugin(), name="own")
+    config = pk.load_config({"pattern": "halves", "target_sparsity": 0.5}, host=host)
+    assert config.pattern == "halves"
+    with pytest.raises(pk.UnknownPatternError, match="unknown pattern 'halves'"):
+        pk.load_config({"pattern": "halves"})  # the default host has no such pattern
+    model = nn.Sequential(nn.Linear(8, 4))
+    pattern = pk.get_pattern(config, {"0": model[0]}, host=host)
+    assert isinstance(pattern, Halves)
+    pruner = pk.Pruner(model, {"pattern": "halves", "target_sparsity": 0.5}, host=host)
+    pruner.prune_now()
+    assert int((model[0].weight == 0).sum()) == 16
+
+
 def test_installed_plugins_load_and_failures_are_isolated(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
