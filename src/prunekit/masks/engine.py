@@ -38,7 +38,9 @@ def decide(problem: Problem, comm: multirank.Comm | None = None) -> list[KeepBlo
             return [
                 partial(Resolution(k).materialize, op) for op, k in zip(ops, counts, strict=True)
             ]
-        return [partial(_identity, keep) for keep in counting.local_keeps(ops, counts)]
+        keeps = counting.local_keeps(ops, counts)
+        problem.forget_block_scores(problem.ops)
+        return [partial(_identity, keep) for keep in keeps]
     if comm is not None:
         scratch = Scratch()
         target = round(problem.target * int(comm.sum(torch.tensor([problem.elements]))[0]))
@@ -46,6 +48,9 @@ def decide(problem: Problem, comm: multirank.Comm | None = None) -> list[KeepBlo
         return [partial(p.materialize, op, scratch) for p, op in zip(plans, ops, strict=True)]
     plans = counting.global_plan(
         ops, problem.target_elements, problem.elements, retain=not problem.streaming
+    )
+    problem.forget_block_scores(
+        [op for op, plan in zip(problem.ops, plans, strict=True) if plan.self_contained]
     )
     return [partial(p.materialize, op) for p, op in zip(plans, ops, strict=True)]
 

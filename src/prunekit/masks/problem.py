@@ -85,6 +85,14 @@ class Problem:
         """A global target in elements: ``round(target * elements)``."""
         return round(self.target * self.elements)
 
+    def forget_block_scores(self, ops: list[Op]) -> None:
+        """Drop the block scores kept for ``ops`` (decided ops whose masks no longer need
+        them), so that their memory serves the masks being made."""
+        for op in ops:
+            source = op.scored.values
+            if isinstance(source, _Once):
+                source.value = None
+
 
 def build(
     shapes: Mapping[str, tuple[int, ...]],

@@ -122,6 +122,12 @@ class Resolution:
     candidates: Tensor | None = None
     candidate_values: Tensor | None = None
 
+    @property
+    def self_contained(self) -> bool:
+        """Whether the mask is made from what the counting pass kept, without the op's
+        scores."""
+        return self.verdict is not None and self.kept is not None and self.candidates is not None
+
     def materialize(self, op: ScoredOp, scratch: Scratch | None = None) -> Tensor:
         """The op's bool keep mask (True = keep)."""
         if self.verdict is None:
