@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+import prunekit
 from prunekit.cli import main
 
 
@@ -15,6 +17,17 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "prunekit", *args], capture_output=True, text=True, check=False
     )
+
+
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    program = Path(sys.executable).with_name("prunekit")  # the console script users run
+    result = subprocess.run([str(program), "--version"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"prunekit {prunekit.__version__}\n" and result.stderr == ""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"prunekit {prunekit.__version__}\n"
 
 
 def test_patterns_table_lists_name_family_owner_description() -> None:

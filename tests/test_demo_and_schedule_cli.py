@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -77,6 +79,36 @@ def test_plot_schedule_writes_a_png_and_fails_cleanly(tmp_path: Path) -> None:
     )
     assert bad.returncode == 2
     assert bad.stderr.startswith("prunekit plot-schedule: error: target_sparsity: Input should")
+
+
+def test_plot_schedule_without_o_writes_config_stem_schedule_png(tmp_path: Path) -> None:
+    config = ROOT / "examples" / "digits-4x1.yaml"
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("prunekit")), "plot-schedule", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "wrote digits-4x1-schedule.png\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["digits-4x1-schedule.png"]
+    assert (tmp_path / "digits-4x1-schedule.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (ROOT / "examples" / "digits-4x1-schedule.png").exists()  # here, not there
+
+
+@pytest.mark.parametrize(
+    ("suffix", "magic"), [("jpg", b"\xff\xd8\xff"), ("pdf", b"%PDF-"), ("svg", b"<?xml")]
+)
+def test_plot_schedule_writes_other_formats(
+    suffix: str, magic: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from prunekit.cli import main
+
+    out = tmp_path / f"schedule.{suffix}"
+    assert main(["plot-schedule", str(ROOT / "examples" / "digits-4x1.yaml"), "-o", str(out)]) == 0
+    assert capsys.readouterr().err == ""
+    assert out.read_bytes().startswith(magic)
 
 
 def test_schedule_points_follow_the_registered_schedule() -> None:

@@ -81,14 +81,16 @@ def test_global_scope_picks_groups_across_layers_by_score() -> None:
 def test_edge_columns_stay_dense_or_the_op_is_skipped_or_refused() -> None:
     conv = nn.Conv2d(3, 4, 3, bias=False)  # view (4, 27): 6 groups of 4 and 3 edge weights
     scores = {"c": torch.rand(conv.weight.shape)}
-    partial = pk.get_pattern({"pattern": "2:4", "pruning_scope": "local"}, {"c": conv})
+    config = {"pattern": "2:4", "pruning_scope": "local", "indivisible": "partial"}
+    partial = pk.get_pattern(config, {"c": conv})
     mask = partial.get_masks(scores, 0.4)["c"]
     from prunekit.masks.views import to_2d
 
     assert to_2d(mask)[:, 24:].all()
     assert int((~mask).sum()) == 2 * round(0.4 * 108 / 2)
     assert not partial.is_hardware_valid("c", mask)
-    skip = pk.get_pattern({"pattern": "2:4", "indivisible": "skip"}, {"c": conv})
+    with pytest.warns(pk.PruningWarning, match=r"leaves 1 of 1 ops unpruned \('c': its 2-D"):
+        skip = pk.get_pattern({"pattern": "2:4"}, {"c": conv})  # skip: the default, as INC
     assert "not a multiple of M=4" in skip.skipped["c"]
     with pytest.raises(pk.IndivisibleShapeError, match="op 'c'"):
         pk.get_pattern({"pattern": "2:4", "indivisible": "raise"}, {"c": conv})

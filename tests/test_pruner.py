@@ -316,12 +316,27 @@ def test_report_json_and_text() -> None:
 
 
 def test_an_unreachable_target_is_refused_before_training() -> None:
-    conv = nn.Sequential(nn.Conv2d(1, 8, 3))  # 2-D view (8, 9): 2:4 leaves an edge column
-    with pytest.raises(pk.ImpossibleTargetError, match=r"allow at most 44\.44%"):
+    conv = nn.Sequential(nn.Conv2d(1, 8, 3))  # 2-D view (8, 9): no whole 2:4 group per row
+    with pytest.warns(pk.PruningWarning), pytest.raises(
+        pk.ImpossibleTargetError, match=r"every op is left unpruned \('0': its 2-D view \(8, 9\)"
+    ):
         pk.Pruner(conv, {"pattern": "2:4", "target_sparsity": 0.5})
-    # 72 weights, max cap 0.89: at most floor(0.89 * 72) = 64 of them (88.89%) may go.
-    with pytest.raises(pk.ImpossibleTargetError, match=r"config 0 \(pattern '1x1'\)"):
-        pk.Pruner(
-            conv, {"pattern": "1x1", "target_sparsity": 0.89, "max_sparsity_ratio_per_op": 0.89}
-        )
+    partial = {"pattern": "2:4", "target_sparsity": 0.5, "indivisible": "partial"}
+    with pytest.raises(
+        pk.ImpossibleTargetError,
+        match=r"allow at most 32 \(44\.4444%\).*'0' 44\.44% \(at most 2 of every 4 weights, "
+        r"edge columns dense\).*lower target_sparsity to at most 0\.4444",
+    ):
+        pk.Pruner(conv, partial)
+    # 72 weights, max cap 0.9: at most floor(0.9 * 72) = 64 of them may go. A target of
+    # 0.89 asks for round(64.08) = 64 (reached); 0.9 asks for round(64.8) = 65.
+    capped = {"pattern": "1x1", "target_sparsity": 0.89, "max_sparsity_ratio_per_op": 0.9}
+    pk.Pruner(conv, capped)
+    with pytest.raises(
+        pk.ImpossibleTargetError,
+        match=r"config 0 \(pattern '1x1'\): target_sparsity 0\.9 cannot be reached: it asks for "
+        r"65 of the 72 weights.*at most 64 .*'0' 88\.89% \(max_sparsity_ratio_per_op 0\.9\)"
+        r".*raise max_sparsity_ratio_per_op \(now 0\.9\), which limits '0'",
+    ):
+        pk.Pruner(conv, {**capped, "target_sparsity": 0.9})
     assert not hasattr(conv[0], "weight_mask")

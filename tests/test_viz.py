@@ -7,24 +7,29 @@ markdown with the committed docs/patterns.md: when it fails, run
 
 from __future__ import annotations
 
+import gzip
 import re
+import shutil
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 import torch
 
 from prunekit import viz
-from prunekit.cli import main
+from prunekit.cli import main, picture_file_name
 from prunekit.errors import UnsupportedModuleError
 from prunekit.plugins import default_host
 
 pytest.importorskip("matplotlib", reason="the viz extra is not installed")
 from matplotlib.figure import Figure
+from PIL import Image, features
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PROGRAM = Path(sys.executable).with_name("prunekit")  # the console script, as users run it
 
 
 def registered_specs() -> list[str]:
@@ -147,12 +152,222 @@ def test_show_in_process_options_and_errors(
     assert main([*args, "--shape", "4,6", "-o", str(out)]) == 0
     assert out.read_bytes().startswith(PNG_MAGIC)
     assert "blocks=2" in capsys.readouterr().out
-    assert main(["show", "4x1", "--shape", "4,3", "-o", str(out)]) == 2
+    assert main(["show", "4x1", "--module", "conv2d", "--shape", "4,3", "-o", str(out)]) == 2
     assert "does not fit conv2d" in capsys.readouterr().err
     assert main(["show", "2:4", "--sparsity", "0.75", "-o", str(out)]) == 2
     assert "above N/M" in capsys.readouterr().err
     assert main(["show", "block_diagonal", "--option", "blcks=2", "-o", str(out)]) == 2
     assert "did you mean 'blocks'" in capsys.readouterr().err
+
+
+def _is_svg(data: bytes) -> bool:
+    return ET.fromstring(data).tag == "{http://www.w3.org/2000/svg}svg"
+
+
+# Each format matplotlib writes, and how its file is recognised: magic bytes, then the
+# raster formats decoded by Pillow as that format.
+FORMATS: dict[str, tuple[bytes, str | None]] = {
+    "png": (PNG_MAGIC, "PNG"),
+    "jpg": (b"\xff\xd8\xff", "JPEG"),
+    "jpeg": (b"\xff\xd8\xff", "JPEG"),
+    "tif": (b"II*\x00", "TIFF"),
+    "tiff": (b"II*\x00", "TIFF"),
+    "webp": (b"RIFF", "WEBP"),
+    "gif": (b"GIF8", "GIF"),
+    "avif": (b"\x00\x00\x00", "AVIF"),
+    "pdf": (b"%PDF-1.", None),
+    "ps": (b"%!PS-Adobe-3.0\n", None),
+    "eps": (b"%!PS-Adobe-3.0 EPSF-3.0\n", None),
+    "svg": (b"<?xml", None),
+    "svgz": (b"\x1f\x8b", None),
+    "raw": (b"", None),
+    "rgba": (b"", None),
+}
+
+
+def test_formats_cover_everything_matplotlib_writes() -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    writable = set(FigureCanvasAgg(Figure()).get_supported_filetypes())
+    assert writable - {"pgf"} == set(FORMATS)  # pgf needs LaTeX: see the test below
+
+
+@pytest.mark.parametrize("suffix", sorted(FORMATS))
+def test_show_writes_every_format_matplotlib_writes(
+    suffix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if suffix == "avif" and not features.check("avif"):
+        pytest.skip("this Pillow cannot write avif")
+    out = tmp_path / f"mask.{suffix}"
+    assert main(["show", "2:4", "--module", "linear", "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""  # no metadata warning either
+    assert captured.out.startswith(f"wrote {out}: 2:4 on a Linear weight (8, 12)")
+    data = out.read_bytes()
+    magic, pillow_format = FORMATS[suffix]
+    assert data.startswith(magic)
+    size = (520, 433)  # the 2:4 linear picture at 100 dpi
+    if pillow_format is not None:
+        with Image.open(out) as image:
+            assert image.format == pillow_format and image.size == size
+            image.load()  # decodes, so a truncated file fails here
+    elif suffix in ("raw", "rgba"):
+        assert len(data) == 4 * size[0] * size[1]  # RGBA bytes, nothing else
+    elif suffix in ("pdf", "ps"):
+        assert data.rstrip().endswith(b"%%EOF")
+    elif suffix == "eps":
+        assert b"\n%%BoundingBox: " in data and data.rstrip().endswith(b"showpage")
+    else:
+        assert _is_svg(gzip.decompress(data) if suffix == "svgz" else data)
+
+
+def test_show_writes_a_jpeg_as_a_user_runs_it(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(PROGRAM), "show", "2:4", "--module", "linear", "-o", "out.jpg"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    with Image.open(tmp_path / "out.jpg") as image:
+        assert image.format == "JPEG" and image.size == (520, 433)
+
+
+@pytest.mark.parametrize("suffix", ["png", "pdf", "svg", "svgz"])
+def test_png_pdf_and_svg_are_deterministic(suffix: str, tmp_path: Path) -> None:
+    a, b = tmp_path / f"a.{suffix}", tmp_path / f"b.{suffix}"
+    viz.save_mask_picture(a, "4x1", "linear", seed=3)
+    viz.save_mask_picture(b, "4x1", "linear", seed=3)
+    data = a.read_bytes()
+    assert data == b.read_bytes()
+    text = gzip.decompress(data) if suffix == "svgz" else data
+    for field in (b"CreationDate", b"<dc:date>", b"Software", b"Matplotlib v", b"Producer"):
+        assert field not in text, field
+
+
+def test_a_format_matplotlib_cannot_write_is_one_line_and_no_file(tmp_path: Path) -> None:
+    result = show("4x1", "-o", "out.txt", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        "prunekit show: error: cannot write a .txt file: Format 'txt' is not supported "
+        "(supported formats: avif, eps, gif, jpeg, jpg, pdf, pgf, png, ps, raw, rgba, svg, "
+    )
+    assert len(result.stderr.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(shutil.which("xelatex") is not None, reason="LaTeX is installed")
+def test_pgf_without_latex_is_one_line_and_no_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["show", "4x1", "-o", str(tmp_path / "mask.pgf")]) == 2
+    assert capsys.readouterr().err == (
+        "prunekit show: error: cannot write a .pgf file: 'xelatex' not found; install it or "
+        "change rcParams['pgf.texsystem'] to an available TeX implementation\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("shape", "drawn"),
+    [
+        ("8,12", "Linear weight (8, 12)"),
+        ("4,3,5", "Conv1d weight (4, 3, 5)"),
+        ("4x3x3x3", "Conv2d weight (4, 3, 3, 3)"),
+        ("4,2,3,3,3", "Conv3d weight (4, 2, 3, 3, 3)"),
+    ],
+)
+def test_show_infers_the_module_from_the_shape(
+    shape: str, drawn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "mask.png"
+    assert main(["show", "4x1", "--shape", shape, "-o", str(out)]) == 0
+    assert f"4x1 on a {drawn}: removed" in capsys.readouterr().out
+    assert out.read_bytes().startswith(PNG_MAGIC)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--shape", "8,12", "--module", "conv2d"],
+            "shape '8,12' does not fit conv2d: give 4 sizes (out, in, kh, kw), e.g. 4,3,3,3 "
+            "(every size >= 1)",
+        ),
+        (
+            ["--shape", "4,3,3,3", "--module", "linear"],
+            "shape '4,3,3,3' does not fit linear: give 2 sizes (out, in), e.g. 8,12 "
+            "(every size >= 1)",
+        ),
+        (
+            ["--shape", "1,2,3,4,5,6"],
+            "shape '1,2,3,4,5,6' has 6 sizes, which fits no module: give 2 (linear), "
+            "3 (conv1d), 4 (conv2d) or 5 (conv3d)",
+        ),
+        (
+            ["--shape", "7"],
+            "shape '7' has 1 size, which fits no module: give 2 (linear), 3 (conv1d), "
+            "4 (conv2d) or 5 (conv3d)",
+        ),
+    ],
+)
+def test_show_shape_and_module_that_disagree(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "mask.png"
+    assert main(["show", "4x1", *args, "-o", str(out)]) == 2
+    assert capsys.readouterr().err == f"prunekit show: error: {message}\n"
+    assert not out.exists()
+
+
+def test_show_without_o_writes_a_png_named_after_the_drawing(tmp_path: Path) -> None:
+    for args, name, drawn in [
+        (["2:4", "--module", "linear"], "2-4-linear.png", "2:4 on a Linear weight (8, 12)"),
+        (["4x1", "--shape", "8,12"], "4x1-linear.png", "4x1 on a Linear weight (8, 12)"),
+        (["4x1"], "4x1-conv2d.png", "4x1 on a Conv2d weight (4, 3, 3, 3)"),
+    ]:
+        result = subprocess.run(
+            [str(PROGRAM), "show", *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=tmp_path,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(f"wrote {name}: {drawn}: removed ")
+        with Image.open(tmp_path / name) as image:
+            assert image.format == "PNG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "2-4-linear.png",
+        "4x1-conv2d.png",
+        "4x1-linear.png",
+    ]
+
+
+def test_show_without_o_writes_nothing_on_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["show", "kernel", "--module", "linear"]) == 2
+    assert "does not apply to op 'linear' (Linear)" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "module", "name"),
+    [
+        ("2:4", "linear", "2-4-linear.png"),
+        ("ln_structured", "conv2d", "ln_structured-conv2d.png"),
+        ("channelx1", "conv3d", "channelx1-conv3d.png"),
+        ("a/b*c?", "conv1d", "a-b-c-conv1d.png"),
+        ("../up", "linear", "up-linear.png"),
+        (":::", "linear", "pattern-linear.png"),
+    ],
+)
+def test_default_picture_names_are_safe_file_names(spec: str, module: str, name: str) -> None:
+    assert picture_file_name(spec, module) == name
 
 
 # -- docs/patterns.md ---------------------------------------------------------------------

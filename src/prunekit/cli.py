@@ -1,21 +1,28 @@
-"""The ``prunekit`` command: list patterns and plugins, print the config schema, draw masks."""
+"""The ``prunekit`` command: list patterns and plugins, print the config schema, draw masks.
+
+Pictures go to the file ``-o`` names, else to a file named after what is drawn in the
+current directory: the machines it runs on usually have no screen to open a window on.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from prunekit import __version__
 from prunekit.config.schema import config_json_schema
 from prunekit.errors import ConfigError, PrunekitError
 from prunekit.plugins.default import default_host
 from prunekit.plugins.host import KINDS
-from prunekit.viz.masks import option_values, save_mask_picture
+from prunekit.viz.masks import module_for_shape, option_values, save_mask_picture
 from prunekit.viz.schedule import save_schedule_plot
 
 
@@ -67,11 +74,13 @@ def _schema(args: argparse.Namespace, console: Console) -> int:
 def _show(args: argparse.Namespace, console: Console) -> int:
     """Draw the mask a pattern makes on a small module; user errors are one line, exit 2."""
     try:
+        module = args.module or module_for_shape(args.shape)
+        output = args.output or picture_file_name(args.pattern, module)
         options = option_values(args.option)
         picture = save_mask_picture(
-            args.output,
+            output,
             args.pattern,
-            args.module,
+            module,
             args.shape,
             args.sparsity,
             args.scope,
@@ -82,20 +91,31 @@ def _show(args: argparse.Namespace, console: Console) -> int:
         return _fail("; ".join(exc.lines))
     except (PrunekitError, ValueError, KeyError, ImportError, OSError) as exc:
         return _fail(str(exc))
-    console.print(f"wrote {args.output}: {picture.summary()}", highlight=False, soft_wrap=True)
+    console.print(
+        f"wrote {output}: {picture.summary()}", markup=False, highlight=False, soft_wrap=True
+    )
     return 0
 
 
 def _plot_schedule(args: argparse.Namespace, console: Console) -> int:
     """Draw each config's target over steps; user errors are one line, exit 2."""
     try:
-        path = save_schedule_plot(args.output, args.config, args.steps)
+        output = args.output or f"{Path(args.config).stem}-schedule.png"
+        path = save_schedule_plot(output, args.config, args.steps)
     except ConfigError as exc:
         return _fail("; ".join(exc.lines), "plot-schedule")
     except (ValueError, KeyError, ImportError, OSError) as exc:
         return _fail(str(exc), "plot-schedule")
-    console.print(f"wrote {path}", highlight=False)
+    console.print(f"wrote {path}", markup=False, highlight=False)
     return 0
+
+
+def picture_file_name(spec: str, module: str) -> str:
+    """``show``'s file without ``-o``: ``"2:4"`` on linear -> ``"2-4-linear.png"``. Runs of
+    characters that are unsafe in file names (``:``, ``/``, ``*``, ...) become one ``-``, as
+    in docs/img; no leading dot, so the picture is never a hidden file."""
+    safe = re.sub(r"[^A-Za-z0-9_.]+", "-", spec).strip("-.") or "pattern"
+    return f"{safe}-{module}.png"
 
 
 def _fail(message: str, command: str = "show") -> int:
@@ -107,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prunekit", description="Neural-network pruning patterns as plugins for PyTorch."
     )
+    parser.add_argument("--version", action="version", version=f"prunekit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     patterns = commands.add_parser("patterns", help="list registered patterns")
     patterns.add_argument("filter", nargs="?", help="shell wildcard ('*x1') or substring")
@@ -129,13 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument(
         "--module",
         choices=["linear", "conv1d", "conv2d", "conv3d"],
-        default="conv2d",
-        help="the module whose weight is drawn (default: conv2d)",
+        default=None,
+        help="the module whose weight is drawn (default: the one --shape's number of sizes "
+        "means, 2 linear, 3 conv1d, 4 conv2d, 5 conv3d; without --shape, conv2d)",
     )
     show.add_argument(
         "--shape",
         help="weight shape, comma-separated: linear out,in (default 8,12); conv2d "
-        "out,in,kh,kw (default 4,3,3,3); conv1d out,in,k; conv3d out,in,kd,kh,kw",
+        "out,in,kh,kw (default 4,3,3,3); conv1d out,in,k; conv3d out,in,kd,kh,kw; without "
+        "--module, the number of sizes says which",
     )
     show.add_argument(
         "--sparsity",
@@ -152,7 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a pattern option, repeatable; values are JSON when they parse (blocks=4)",
     )
-    show.add_argument("-o", "--output", required=True, help="the picture file to write (.png)")
+    show.add_argument(
+        "-o",
+        "--output",
+        help="the picture file to write; the suffix picks the format: .png, .pdf, .svg, .jpg, "
+        "... (default: PATTERN-MODULE.png here, 2:4 on linear -> 2-4-linear.png)",
+    )
     show.set_defaults(run=_show)
     plot = commands.add_parser(
         "plot-schedule",
@@ -160,7 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plot.add_argument("config", help="a YAML/JSON config file (one config or several)")
     plot.add_argument("--steps", type=int, default=None, help="steps to draw (default: auto)")
-    plot.add_argument("-o", "--output", required=True, help="the picture file to write (.png)")
+    plot.add_argument(
+        "-o",
+        "--output",
+        help="the picture file to write; the suffix picks the format: .png, .pdf, .svg, .jpg, "
+        "... (default: CONFIG's name with -schedule.png here, prune.yaml -> "
+        "prune-schedule.png)",
+    )
     plot.set_defaults(run=_plot_schedule)
     return parser
 

@@ -18,6 +18,12 @@ class PluginWarning(UserWarning):
     """A plugin could not be loaded, or part of what it registered was refused."""
 
 
+class PruningWarning(UserWarning):
+    """Something a user would not expect and should know: an op left unpruned, a cap that
+    overrides the target, a regular expression that selects nothing, masks that sparse
+    hardware cannot use."""
+
+
 # -- names --------------------------------------------------------------------------------
 class UnknownNameError(PrunekitError, KeyError):
     """A pattern, criterion or schedule name that no registry entry claims.
@@ -62,8 +68,12 @@ class NameTakenError(PrunekitError, ValueError):
     """A registration whose name (or family spec) is already claimed by another owner."""
 
 
-class InvalidSpecError(PrunekitError, ValueError):
-    """A spec that a family's grammar claims but whose parameters are invalid (``"0x4"``)."""
+class InvalidSpecError(PrunekitError, ValueError, KeyError):
+    """A spec that a family's grammar claims but whose parameters are invalid (``"0x4"``).
+    Also a ``KeyError``: ``"3:2" in PATTERNS`` is False, and ``PATTERNS["3:2"]`` raises it."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 # -- configs --------------------------------------------------------------------------------

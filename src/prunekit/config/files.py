@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,31 @@ from prunekit.plugins.host import PluginHost
 ConfigSource = PruningConfig | Mapping[str, Any] | str | os.PathLike[str]
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without YAML 1.1's base-60 numbers: ``pattern: 2:4`` stays the
+    string ``"2:4"`` (YAML 1.1 reads it as 2 * 60 + 4 = 124, and ``1:30`` as 90), which is
+    what every pruning config means by it."""
+
+
+_SEXAGESIMAL = (
+    r"|[-+]?[1-9][0-9_]*(?::[0-5]?[0-9])+",  # the int branch, e.g. 2:4
+    r"|[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*",  # the float branch, e.g. 1:30.5
+)
+
+
+def _without_base_60(regexp: re.Pattern[str]) -> re.Pattern[str]:
+    text = regexp.pattern
+    for branch in _SEXAGESIMAL:
+        text = text.replace(branch, "")
+    return re.compile(text, regexp.flags)
+
+
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, _without_base_60(regexp)) for tag, regexp in resolvers]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def read_config_file(path: str | os.PathLike[str]) -> Any:
     """Parse a ``.yaml``/``.yml``/``.json`` file into plain Python data."""
     file = Path(path)
@@ -32,7 +58,7 @@ def read_config_file(path: str | os.PathLike[str]) -> Any:
     try:
         if file.suffix.lower() == ".json":
             return json.loads(text)
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=ConfigLoader)
     except (ValueError, yaml.YAMLError) as exc:  # JSONDecodeError is a ValueError
         raise ConfigError([f"file: cannot parse {str(file)!r}: {exc}"], str(file)) from None
 

@@ -15,6 +15,7 @@ run resolves and validates them once (:mod:`prunekit.config.resolve`).
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -41,7 +42,7 @@ from prunekit.config.messages import (
     raise_all,
     unknown_name,
 )
-from prunekit.errors import InvalidSpecError, UnknownNameError
+from prunekit.errors import InvalidSpecError, PruningWarning, UnknownNameError
 from prunekit.masks.pattern import Pattern
 from prunekit.plugins.default import default_host
 from prunekit.plugins.host import PluginHost
@@ -181,6 +182,12 @@ class PruningConfig(BaseModel):
         description="Zero (and keep at zero) the bias of every output channel whose weights "
         "are all removed (filters, rows); off by default, as in torch.nn.utils.prune.",
     )
+    prune_shared_weights: bool = Field(
+        False,
+        description="Prune an op whose weight another module holds too (tied weights, such "
+        "as a language model's lm_head and its input embedding); off by default, so that "
+        "tied weights are not pruned by accident.",
+    )
     pattern_options: dict[str, Any] = Field(
         default_factory=dict,
         description="The pattern's own parameters (may also be given "
@@ -198,6 +205,8 @@ class PruningConfig(BaseModel):
         if not isinstance(data, Mapping):
             return handler(data)
         data = dict(data)
+        if "start_step" in data and "end_step" not in data:  # prune once, at start_step
+            data["end_step"] = data["start_step"]
         spec = data.get("pattern", cls.model_fields["pattern"].default)
         host = host_of(info)
         early, pattern_cls, params = _resolve_pattern(spec, host)
@@ -212,7 +221,13 @@ class PruningConfig(BaseModel):
         try:
             validated = handler(data)
         except ValidationError as exc:
-            errors = [explained(e, spec, option_fields, top_level_keys()) for e in exc.errors()]
+            # A field that already has a problem of its own is not reported twice.
+            said = {tuple(e["loc"]) for e in early}
+            errors = [
+                explained(e, spec, option_fields, top_level_keys())
+                for e in exc.errors()
+                if tuple(e["loc"]) not in said
+            ]
             raise ValidationError.from_exception_data(exc.title, early + errors) from None
         raise_all(early)
         assert pattern_cls is not None and options is not None  # no early error: resolved
@@ -264,6 +279,15 @@ class PruningConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> PruningConfig:
         raise_all(_relation_problems(self))
+        if self.min_sparsity_ratio_per_op > self.target_sparsity:
+            warnings.warn(
+                f"min_sparsity_ratio_per_op {self.min_sparsity_ratio_per_op:g} is above "
+                f"target_sparsity {self.target_sparsity:g}: every op removes at least "
+                f"{self.min_sparsity_ratio_per_op:.0%}, so the ops together remove more than "
+                "the target",
+                PruningWarning,
+                stacklevel=2,
+            )
         return self
 
     # -- what a run reads ---------------------------------------------------------------------
@@ -303,14 +327,28 @@ def _resolve_pattern(
     spec: Any, host: PluginHost
 ) -> tuple[list[InitErrorDetails], type[Pattern] | None, Mapping[str, Any]]:
     """(problems, class, spec parameters) of the pattern ``spec`` names on ``host``."""
+    if isinstance(spec, int) and not isinstance(spec, bool) and spec >= 60:
+        n, m = divmod(spec, 60)
+        return (
+            [
+                detail(
+                    "pattern",
+                    spec,
+                    f"is a number, not a pattern name: YAML 1.1 reads an unquoted {n}:{m} as the "
+                    f"base-60 number {spec}; quote it (pattern: '{n}:{m}'), or load the file with "
+                    "prunekit.load_config, which keeps it a string",
+                )
+            ],
+            None,
+            {},
+        )
     if not isinstance(spec, str):
         return [], None, {}  # the field's own validation reports the type
     try:
         pattern_cls: type[Pattern] = host.patterns.resolve(spec).obj
+        params = pattern_cls.parse_spec(spec)
     except UnknownNameError as exc:
         return [InitErrorDetails(type=unknown_name(exc), loc=("pattern",), input=spec)], None, {}
-    try:
-        params = pattern_cls.parse_spec(spec)
     except InvalidSpecError as exc:
         return [detail("pattern", spec, str(exc))], None, {}
     return [], pattern_cls, params

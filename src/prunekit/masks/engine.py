@@ -15,6 +15,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
+from prunekit.errors import ImpossibleTargetError
 from prunekit.masks.geometry import expand_keep, removed_blocks
 from prunekit.masks.numeric import lowest_key, sortable_keys, working_dtype
 from prunekit.masks.problem import Op, Problem, mixed_infinities
@@ -81,7 +82,15 @@ def _reference(problem: Problem) -> list[Tensor]:
     if problem.settings.scope == "local":
         counts = [op.local for op in problem.ops]
     else:
-        counts = reference.global_counts(keyed, problem.target_elements, problem.elements)
+        try:
+            counts = reference.global_counts(keyed, problem.target_elements, problem.elements)
+        except ImpossibleTargetError as error:
+            partial = [op.name for op in problem.ops if op.layout.sizes is not None]
+            raise ImpossibleTargetError(
+                f"{error}. The ops with partial edge blocks ({', '.join(map(repr, partial))}) "
+                "remove fewer elements when their smaller edge blocks score lowest; "
+                "indivisible='skip' leaves them out instead"
+            ) from None
     return [~reference.lowest_k(k.keys, n) for k, n in zip(keyed, counts, strict=True)]
 
 

@@ -19,12 +19,17 @@ that fit every layout whose blocks remove all their elements:
     local counts are taken from it. N:M groups remove N of every M weights, so there it is
     ``ratio * elements / N``.
 ``removed(pre_mask) -> Tensor``
-    1-D bool per block: blocks a pre-mask already removed (default: all their elements).
+    1-D bool per block: blocks a pre-mask already removed (default: all their elements,
+    found through ``reduce(mask, "max")``; a layout whose ``reduce`` does not reduce values,
+    such as a norm or random draws, defines this itself).
 ``expand_within(keep_blocks, scores, pre_mask) -> Tensor``
     The mask, when a removed block loses only some of its elements, chosen by their scores
     (N:M: the N lowest of each pruned group). Default: :meth:`BlockLayout.expand`.
 ``hardware_valid(mask) -> bool``
     Whether a mask has the layout sparse hardware needs (default: not applicable).
+``limit_note: str``
+    What limits how much of the op the blocks can remove, in words, for errors (N:M: "at
+    most N of every M weights"; default: the block count and size).
 """
 
 from __future__ import annotations
@@ -99,6 +104,16 @@ def hardware_valid(layout: BlockLayout, mask: Tensor) -> bool | None:
     apply to ``layout``."""
     custom = getattr(layout, "hardware_valid", None)
     return None if custom is None else bool(custom(mask))
+
+
+def limit_note(layout: BlockLayout) -> str:
+    """What limits how much of an op ``layout``'s blocks can remove, in words."""
+    note: str | None = getattr(layout, "limit_note", None)
+    if note is not None:
+        return note
+    if layout.sizes is not None:
+        return f"{layout.num_blocks} blocks, some partial"
+    return f"{layout.num_blocks} blocks of {layout.block_size}"
 
 
 def removable_elements(layout: BlockLayout, hi: int) -> int:

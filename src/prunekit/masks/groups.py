@@ -41,6 +41,9 @@ class GroupLayout:
         self.num_blocks = self.rows * self.groups
         self.block_size = n
         self.sizes: Tensor | None = None
+        self.limit_note = f"at most {n} of every {m} weights"
+        if self.groups * m != self.cols:
+            self.limit_note += ", edge columns dense"
         self.indivisible_reason: str | None = (
             None
             if self.cols % m == 0 and self.groups > 0

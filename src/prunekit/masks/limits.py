@@ -2,16 +2,19 @@
 
 * how many blocks an op must / may remove under the ratio caps (:func:`caps_of`);
 * how many it removes on its own under local scope (:func:`local_count`);
-* the error when the caps and the geometry cannot reach a target
-  (:func:`unreachable_target`), raised by the global paths and by :func:`check_target`.
+* what limits each op (:func:`op_limit`) and the error when the caps and the geometry
+  cannot reach a target: :func:`unreachable` names the ops that limit it and the remedy;
+  :func:`unreachable_target` is the engines' own last check, in elements.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from prunekit.errors import ImpossibleTargetError
-from prunekit.masks.geometry import BlockLayout, blocks_at
+from prunekit.masks.geometry import BlockLayout, blocks_at, limit_note, removable_elements
 
 _EPS = 1e-9
 
@@ -70,3 +73,69 @@ def check_target(target_sparsity: object, max_ratio: float) -> float:
             f"{target - max_ratio:.2%}"
         )
     return target
+
+
+@dataclass(frozen=True)
+class OpLimit:
+    """The most one op may lose: ``most`` of its ``elements``, limited by the max cap
+    (``by_cap``) or by its blocks' geometry (``note`` says how)."""
+
+    name: str
+    elements: int
+    most: int
+    by_cap: bool
+    note: str
+
+    @property
+    def ratio(self) -> float:
+        return self.most / self.elements if self.elements else 0.0
+
+
+def op_limit(
+    name: str, layout: BlockLayout, elements: int, min_ratio: float, max_ratio: float
+) -> OpLimit:
+    """What the caps and ``layout`` let op ``name`` (of ``elements`` weights) remove."""
+    most = removable_elements(layout, caps_of(layout, min_ratio, max_ratio)[1])
+    by_cap = math.floor(max_ratio * elements + _EPS) - most < layout.block_size
+    note = f"max_sparsity_ratio_per_op {max_ratio:g}" if by_cap else limit_note(layout)
+    return OpLimit(name, elements, most, by_cap, note)
+
+
+def unreachable(
+    target: float,
+    ops: Sequence[OpLimit],
+    skipped: Mapping[str, str],
+    max_ratio: float,
+    what: str = "target_sparsity",
+) -> ImpossibleTargetError | None:
+    """The error for a global ``target`` (a fraction of the pruned ops' weights) above what
+    ``ops`` allow together, naming the ops that limit it and the remedy; None when it can
+    be reached. ``skipped``: ops left unpruned (op -> why), which do not count."""
+    total = sum(op.elements for op in ops)
+    asked = round(target * total)
+    most = sum(op.most for op in ops)
+    if not ops and target > 0:
+        return ImpossibleTargetError(
+            f"{what} {target:g} cannot be reached: every op is left unpruned ("
+            + "; ".join(f"{name!r}: {why}" for name, why in skipped.items())
+            + "); select ops the pattern can prune, or change the pattern's options"
+        )
+    if asked <= most:
+        return None
+    limiting = sorted(ops, key=lambda op: op.ratio)
+    listed = ", ".join(f"{op.name!r} {op.ratio:.2%} ({op.note})" for op in limiting[:6])
+    more = f" and {len(limiting) - 6} more" if len(limiting) > 6 else ""
+    capped = [op.name for op in ops if op.by_cap]
+    remedy = f"lower {what} to at most {math.floor(most / max(total, 1) * 1e4) / 1e4:g}"
+    if capped and max_ratio < 1.0:
+        remedy += f", or raise max_sparsity_ratio_per_op (now {max_ratio:g}), which limits " + (
+            ", ".join(map(repr, capped[:4])) + (" and others" if len(capped) > 4 else "")
+        )
+    left_out = (
+        f"; left unpruned and not counted: {', '.join(map(repr, skipped))}" if skipped else ""
+    )
+    return ImpossibleTargetError(
+        f"{what} {target:g} cannot be reached: it asks for {asked} of the {total} weights of "
+        f"the pruned ops, and they allow at most {most} ({most / max(total, 1):.4%}), short by "
+        f"{asked - most}. What limits them: {listed}{more}{left_out}. Remedy: {remedy}"
+    )

@@ -20,13 +20,19 @@ Two ways to write a pattern:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from prunekit.errors import IndivisibleShapeError, UnsupportedModuleError
+from prunekit.errors import (
+    ImpossibleTargetError,
+    IndivisibleShapeError,
+    PruningWarning,
+    UnsupportedModuleError,
+)
 from prunekit.masks.checks import check_inputs
 from prunekit.masks.engine import decide, masks
 from prunekit.masks.geometry import (
@@ -36,9 +42,8 @@ from prunekit.masks.geometry import (
     hardware_valid,
     indivisible_reason,
     partial_edges,
-    removable_elements,
 )
-from prunekit.masks.limits import caps_of
+from prunekit.masks.limits import OpLimit, op_limit, unreachable
 from prunekit.masks.limits import check_target as checked_target
 from prunekit.masks.problem import Part, Problem, Settings, build
 
@@ -159,6 +164,8 @@ class Pattern:
                 layout = self._usable_layout(name, self.layout(name, module))
                 if layout is not None:
                     self.layouts[name] = layout
+            if self.skipped:
+                self._warn_skipped()
 
     # -- what a subclass says -----------------------------------------------------------------
     @classmethod
@@ -257,6 +264,10 @@ class Pattern:
         """The selection problem for these inputs, checked (the engine's one way in)."""
         target = self.check_target(target_sparsity)
         self.check_inputs(scores, pre_masks)
+        if self.config.pruning_scope != "local" or not self.layouts:
+            problem = self.unreachable(target)
+            if problem is not None and (self.layouts or type(self).layout is not Pattern.layout):
+                raise problem
         settings = Settings(
             scope="local" if self.config.pruning_scope == "local" else "global",
             min_ratio=self.config.min_sparsity_ratio_per_op,
@@ -269,18 +280,31 @@ class Pattern:
             streaming=streaming, parts=parts,
         )  # fmt: skip
 
+    def limits(self) -> list[OpLimit]:
+        """What the caps and each op's blocks let it remove (the ops left unpruned aside)."""
+        low, high = self.config.min_sparsity_ratio_per_op, self.config.max_sparsity_ratio_per_op
+        return [
+            op_limit(name, layout, math.prod(self.shapes[name]), low, high)
+            for name, layout in self.layouts.items()
+        ]
+
     def reachable_sparsity(self) -> float:
-        """The highest sparsity the caps and the block layout allow over all ops (an upper
-        bound where block sizes differ): what a config's target must not exceed."""
+        """The highest sparsity of the pruned ops' weights the caps and the block layouts
+        allow (an upper bound where block sizes differ); ops left unpruned do not count."""
         if not self.layouts:
             return 1.0 if type(self).layout is Pattern.layout else 0.0
-        total = sum(math.prod(shape) for shape in self.shapes.values())
-        low, high = self.config.min_sparsity_ratio_per_op, self.config.max_sparsity_ratio_per_op
-        removable = sum(
-            removable_elements(layout, caps_of(layout, low, high)[1])
-            for layout in self.layouts.values()
+        limits = self.limits()
+        total = sum(op.elements for op in limits)
+        return sum(op.most for op in limits) / total if total else 0.0
+
+    def unreachable(
+        self, target: float, what: str = "target_sparsity"
+    ) -> ImpossibleTargetError | None:
+        """The error for a global ``target`` the caps and layouts cannot reach, naming the
+        ops that limit it and the remedy (None: it can be reached)."""
+        return unreachable(
+            target, self.limits(), self.skipped, self.config.max_sparsity_ratio_per_op, what
         )
-        return removable / total if total else 0.0
 
     # -- internals ------------------------------------------------------------------------------
     def _check_module(self, name: str, module: nn.Module) -> None:
@@ -314,6 +338,17 @@ class Pattern:
             self.skip(name, reason or "it has no whole block")
             return None
         return layout
+
+    def _warn_skipped(self) -> None:
+        """One warning naming every op this pattern leaves unpruned, and why."""
+        listed = "; ".join(f"{name!r}: {why}" for name, why in self.skipped.items())
+        warnings.warn(
+            f"pattern {self.config.pattern!r} leaves {len(self.skipped)} of "
+            f"{len(self.shapes)} ops unpruned ({listed}); the target counts the other ops. "
+            "Exclude them (excluded_op_names) to silence this",
+            PruningWarning,
+            stacklevel=4,
+        )
 
     def __repr__(self) -> str:
         return (

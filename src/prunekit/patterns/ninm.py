@@ -17,17 +17,31 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field
 from torch import Tensor, nn
 
 from prunekit.errors import ImpossibleTargetError, InvalidSpecError
 from prunekit.masks.geometry import BlockLayout
 from prunekit.masks.groups import GroupLayout
-from prunekit.masks.pattern import Pattern, PatternConfig
+from prunekit.masks.pattern import BlockOptions, Pattern, PatternConfig
 from prunekit.plugins.hookspecs import Register, hookimpl
 
 _SPEC = r"(?P<n>[0-9]+):(?P<m>[0-9]+)"
+
+
+class NInMOptions(BlockOptions):
+    """N:M's options: a weight whose view width M does not divide is skipped by default, as
+    INC does (named in the report and a warning): a dense edge would make the op unusable
+    by sparse hardware and keep the target from being met on the others."""
+
+    indivisible: Literal["partial", "skip", "raise"] = Field(
+        "skip",
+        description="A weight whose 2-D view width is not a multiple of M: 'skip' the op "
+        "(default, as INC; named in the report and a warning), 'partial' (edge weights stay "
+        "dense; not hardware-valid) or 'raise'.",
+    )
 
 
 class NInMPattern(Pattern):
@@ -37,6 +51,7 @@ class NInMPattern(Pattern):
     family = "N:M groups (INC)"
     spec = _SPEC
     spec_examples = ("2:4", "1:4", "4:8", "1:2", "2:8")
+    Options = NInMOptions
 
     @classmethod
     def parse_spec(cls, spec: str) -> Mapping[str, Any]:

@@ -147,6 +147,8 @@ class PluginHost:
             "run `prunekit patterns` or prunekit.list_patterns() to list every name",
             _describe_pattern,
             _check_pattern,
+            lambda cls, spec: cls.parse_spec(spec),
+            self.failure_note,
         )
         self.criteria: Registry[Any] = Registry(
             "criterion",
@@ -154,6 +156,7 @@ class PluginHost:
             "see prunekit.CRITERIA for every name",
             _describe_callable,
             _check_callable("criterion"),
+            notes=self.failure_note,
         )
         self.schedules: Registry[Any] = Registry(
             "schedule",
@@ -161,6 +164,7 @@ class PluginHost:
             "see prunekit.SCHEDULES for every name",
             _describe_callable,
             _check_callable("schedule"),
+            notes=self.failure_note,
         )
         self.records: list[PluginRecord] = []
         self._state: Literal["new", "loading", "loaded"] = "new"
@@ -227,7 +231,23 @@ class PluginHost:
                     continue
                 found.append((dist_name, dist.version, ep))
         found.sort(key=lambda item: (normalize_distribution(item[0]), item[2].name))
+        self._warn_not_installed(allowed, seen)
         return found
+
+    def _warn_not_installed(self, allowed: set[str] | None, seen: set[tuple[str, str]]) -> None:
+        """Names in PRUNEKIT_LOAD_PLUGINS that no installed plugin distribution has (a typo,
+        or a plugin not installed in this environment)."""
+        installed = {key for key, _ in seen}
+        for name in sorted((allowed or set()) - installed):
+            hint = close_matches(name, sorted(installed))
+            warnings.warn(
+                f"{LOAD_ENV} names {name!r}, but no installed distribution with that name has "
+                "a prunekit entry point"
+                + (f"; did you mean {hint[0]!r}?" if hint else "")
+                + f" (installed plugins: {', '.join(sorted(installed)) or 'none'})",
+                PluginWarning,
+                stacklevel=4,
+            )
 
     def _distributions(self) -> Iterable[metadata.Distribution]:
         if self.metadata_path is None:
@@ -340,6 +360,18 @@ class PluginHost:
             "its patterns are not available, everything else loaded",
             PluginWarning,
             stacklevel=3,
+        )
+
+    def failure_note(self) -> str:
+        """What an unknown-name error adds when plugins failed to load: which, and why (a
+        name they would have registered is missing for that reason)."""
+        failed = [r for r in self.records if r.status == "failed"]
+        if not failed:
+            return ""
+        return "note: " + "; ".join(
+            f"plugin {r.distribution!r} ({r.entry_point}) failed to load, so what it "
+            f"registers is missing: {r.problems[-1]}"
+            for r in failed
         )
 
     # -- registration from user code ------------------------------------------------------

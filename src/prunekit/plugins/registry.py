@@ -53,7 +53,11 @@ class Registry(Generic[T]):
     """Names to objects, with owners, family grammars and did-you-mean errors.
 
     ``describe`` turns an object into (description, spec regex or None, spec examples);
-    ``check`` validates an object before it is accepted (raising ``TypeError``).
+    ``check`` validates an object before it is accepted (raising ``TypeError``);
+    ``validate(obj, spec)`` refuses a spec a family's grammar claims but whose values are
+    invalid (raising :class:`~prunekit.errors.InvalidSpecError`), so that membership agrees
+    with what configs accept; ``notes()`` adds what an unknown-name error should also say
+    (a plugin that failed to load).
     """
 
     kind: str
@@ -61,6 +65,8 @@ class Registry(Generic[T]):
     list_hint: str
     describe: Callable[[Any], tuple[str, str | None, tuple[str, ...]]]
     check: Callable[[str, Any], None] = lambda name, obj: None
+    validate: Callable[[Any, str], object] = lambda obj, spec: None
+    notes: Callable[[], str] = lambda: ""
     # name -> entry, in registration order (built-ins first, so their grammars win).
     _entries: dict[str, Entry[T]] = field(default_factory=dict)
 
@@ -110,6 +116,7 @@ class Registry(Generic[T]):
             return entry
         for family in self._entries.values():
             if family.spec is not None and family.spec.fullmatch(spec):
+                self.validate(family.obj, spec)
                 return family
         raise self.unknown(spec)
 
@@ -118,12 +125,30 @@ class Registry(Generic[T]):
         for entry in self._entries.values():
             candidates.extend(entry.examples)
         suggestions = close_matches(str(spec), candidates) if isinstance(spec, str) else []
-        return self.error_cls(str(spec), suggestions, self.list_hint)
+        notes = self.notes()
+        return self.error_cls(
+            str(spec), suggestions, self.list_hint + (f"; {notes}" if notes else "")
+        )
 
     def entries(self, filter: str | None = None) -> list[Entry[T]]:
-        """Entries whose name matches ``filter`` (shell wildcards), in natural name order."""
-        found = [e for e in self._entries.values() if matches_filter(e.name, filter)]
+        """Entries that match ``filter`` (shell wildcards, or a substring), in natural name
+        order: by their name, one of their spec examples, or (a family) a spec their
+        grammar claims, so that ``'*x1'`` and ``'16x1'`` find the NxM family."""
+        found = [e for e in self._entries.values() if self._matches(e, filter)]
         return sorted(found, key=lambda e: natural_key(e.name))
+
+    def _matches(self, entry: Entry[T], filter: str | None) -> bool:
+        if matches_filter(entry.name, filter) or any(
+            matches_filter(example, filter) for example in entry.examples
+        ):
+            return True
+        if entry.spec is None or not filter or entry.spec.fullmatch(filter) is None:
+            return False
+        try:
+            self.validate(entry.obj, filter)
+        except ValueError:
+            return False
+        return True
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)

@@ -10,12 +10,14 @@ least two dims are prunable.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 
 from torch import Tensor, nn
 
 from prunekit.config.model import PruningConfig
-from prunekit.errors import OpSelectionError
+from prunekit.errors import OpSelectionError, PruningWarning
+from prunekit.naming import close_matches
 
 
 def prunable_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -47,6 +49,7 @@ def select_ops(model: nn.Module, config: PruningConfig) -> dict[str, nn.Module]:
         and (not include or any(p.search(name) for p in include))
         and not any(p.search(name) for p in exclude)
     }
+    _warn_unmatched(config, list(candidates))
     if not selected:
         listing = ", ".join(f"{n} ({type(m).__name__})" for n, m in candidates.items()) or "none"
         raise OpSelectionError(
@@ -55,6 +58,23 @@ def select_ops(model: nn.Module, config: PruningConfig) -> dict[str, nn.Module]:
             f"pruning_op_types={config.pruning_op_types}. The model's prunable modules: {listing}"
         )
     return selected
+
+
+def _warn_unmatched(config: PruningConfig, names: Sequence[str]) -> None:
+    """A regular expression of ``op_names`` or ``excluded_op_names`` that matches no module
+    is most likely a typo: say so, with the names it may have meant."""
+    for field in ("op_names", "excluded_op_names"):
+        for expression in getattr(config, field):
+            if any(re.search(expression, name) for name in names):
+                continue
+            hint = close_matches(expression, names)
+            warnings.warn(
+                f"{field}: {expression!r} matches no prunable module of the model"
+                + (f"; did you mean {hint[0]!r}?" if hint else "")
+                + (" (so it excludes nothing)" if field == "excluded_op_names" else ""),
+                PruningWarning,
+                stacklevel=4,
+            )
 
 
 def select_all(model: nn.Module, configs: Sequence[PruningConfig]) -> list[dict[str, nn.Module]]:
@@ -73,3 +93,37 @@ def select_all(model: nn.Module, configs: Sequence[PruningConfig]) -> list[dict[
                 )
             owner[name] = index
     return chosen
+
+
+def shared_weights(
+    model: nn.Module, configs: Sequence[PruningConfig], chosen: Sequence[dict[str, nn.Module]]
+) -> None:
+    """Refuse an op whose weight another module holds too (tied weights: a LLaMA's
+    ``lm_head`` and ``embed_tokens``), since pruning it prunes both, unless its config says
+    ``prune_shared_weights``; two selected ops sharing one weight are always refused (they
+    would need one mask)."""
+    holders: dict[int, list[tuple[str, nn.Module]]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, Tensor):
+            found = holders.setdefault(id(weight), [])
+            if all(module is not m for _, m in found):
+                found.append((name, module))
+    owner: dict[int, str] = {}
+    for config, ops in zip(configs, chosen, strict=True):
+        for name, module in ops.items():
+            weight = module.weight
+            if id(weight) in owner:
+                raise OpSelectionError(
+                    f"ops {owner[id(weight)]!r} and {name!r} share one weight (tied): select "
+                    "one of them (excluded_op_names), since one weight has one mask"
+                )
+            owner[id(weight)] = name
+            others = [(n, m) for n, m in holders[id(weight)] if m is not module]
+            if others and not config.prune_shared_weights:
+                listed = ", ".join(f"{n!r} ({type(m).__name__})" for n, m in others)
+                raise OpSelectionError(
+                    f"op {name!r} shares its weight with {listed} (tied weights): pruning it "
+                    f"prunes those too. Leave it out (excluded_op_names: ['^{re.escape(name)}$']) "
+                    "or set prune_shared_weights: true to prune the shared weight on purpose"
+                )

@@ -2,20 +2,8 @@
 
 It validates every config and selects every op before it touches anything; then, step by
 step, it asks each config's schedule for the target, its criterion for scores and its
-pattern for masks, and applies them.
-
-How masks live on a module (chosen so that ``copy.deepcopy``, ``pickle``, ``torch.save``,
-``state_dict()``/``load_state_dict()`` and ``torch.compile`` keep working on the plain model):
-
-* ``weight`` stays the module's own ``nn.Parameter`` (same class, same state-dict key);
-  removed weights are set to zero in place, so the forward pass needs no hook;
-* the mask is a non-persistent bool buffer ``weight_mask`` (copied by deepcopy and pickle,
-  left out of the model's ``state_dict`` so plain models load it; the Pruner's own
-  ``state_dict``/``save_masks`` carry masks);
-* a gradient hook multiplies the weight's gradient by the mask, so no optimizer step can
-  move a removed weight: its gradient is zero and, when the Pruner knows the optimizer, its
-  momentum and Adam moments are zeroed when it is removed. ``step()`` also zeroes removed
-  weights again after every optimizer step, whatever the optimizer did.
+pattern for masks, and applies them. How masks live on a module (so that every copy of the
+model keeps its removed weights at zero) is :mod:`prunekit.training.masking`.
 """
 
 from __future__ import annotations
@@ -27,7 +15,6 @@ from typing import Any, TypeGuard
 
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
 from prunekit.config.files import ConfigSource, load_configs
 from prunekit.config.model import PruningConfig
@@ -35,26 +22,18 @@ from prunekit.config.resolve import resolve
 from prunekit.errors import ImpossibleTargetError, MaskFileError, PrunekitError
 from prunekit.masks.pattern import Pattern
 from prunekit.plugins.host import PluginHost
-from prunekit.training.ops import select_all
+from prunekit.training.masking import (
+    BIAS_MASK_BUFFER,
+    MASK_BUFFER,
+    attach,
+    carries_masks,
+    detach,
+)
+from prunekit.training.ops import select_all, shared_weights
 from prunekit.training.report import OpReport, PruningReport
 
-MASK_BUFFER = "weight_mask"
-BIAS_MASK_BUFFER = "bias_mask"
 STATE_FORMAT = "prunekit.Pruner"
 STATE_VERSION = 1
-
-
-class _GradMask:
-    """Gradient hook: removed weights get no gradient. A class, not a lambda, so that a
-    model carrying it stays picklable."""
-
-    def __init__(self, module: nn.Module, buffer: str) -> None:
-        self.module = module
-        self.buffer = buffer
-
-    def __call__(self, grad: Tensor) -> Tensor:
-        mask: Tensor = getattr(self.module, self.buffer)
-        return grad * mask
 
 
 @dataclass
@@ -117,27 +96,27 @@ class Pruner:
                 )
             )
         for group in groups:
-            reachable = group.pattern.reachable_sparsity()
-            if group.config.target_sparsity > reachable + 1e-9:
+            problem = group.pattern.unreachable(group.config.target_sparsity)
+            if problem is not None and type(group.pattern).layout is not Pattern.layout:
                 raise ImpossibleTargetError(
-                    f"config {group.index} (pattern {group.config.pattern!r}): target_sparsity "
-                    f"{group.config.target_sparsity} cannot be reached on its ops: the pattern and "
-                    f"the per-op caps allow at most {reachable:.2%} (skipped ops, edge blocks "
-                    "and max_sparsity_ratio_per_op count); lower the target or change the ops"
+                    f"config {group.index} (pattern {group.config.pattern!r}): {problem}"
                 )
             for name, module in group.ops.items():
-                for buffer in (MASK_BUFFER, BIAS_MASK_BUFFER):
-                    if hasattr(module, buffer):
-                        raise PrunekitError(
-                            f"op {name!r} already has an attribute {buffer!r} (is another "
-                            "Pruner or torch.nn.utils.prune attached?); remove it first"
-                        )
+                _check_free(name, module)
+        shared_weights(model, validated, chosen)
         self.model = model
         self.optimizer = optimizer
         self.groups = groups
         self.current_step = 0
-        self._hooks: dict[str, list[RemovableHandle]] = {}
         self._removed = False
+        self._baked: dict[str, Tensor] = {}
+        for group in groups:  # masks a copy of a pruned model carries are the starting point
+            for module in group.ops.values():
+                if carries_masks(module):
+                    adopted = getattr(module, MASK_BUFFER).clone()
+                    detach(module)
+                    self._attach(module, group.config, adopted)
+        self._enforce()
 
     # -- what is there ------------------------------------------------------------------------
     @property
@@ -147,7 +126,10 @@ class Pruner:
 
     @property
     def masks(self) -> dict[str, Tensor]:
-        """Op name -> current bool mask of its weight (True = keep); all True before pruning."""
+        """Op name -> current bool mask of its weight (True = keep); all True before pruning,
+        and after :meth:`remove` the masks that were baked into the weights."""
+        if self._removed:
+            return dict(self._baked)
         found = {}
         for name, module in self.ops.items():
             mask = getattr(module, MASK_BUFFER, None)
@@ -190,14 +172,16 @@ class Pruner:
         updates = []
         for group in self.groups:
             goal = group.config.target_sparsity if target is None else target
-            scores = self._scores(group, use_state=False)
+            scores = self._scores(group, use_state=False, one_shot=True)
             updates.append((group, goal, self._masks_for(group, scores, goal)))
         for group, goal, masks in updates:
             self._apply(group, masks)
             group.applied_target = max(group.applied_target, goal)
         self._enforce()
 
-    def _scores(self, group: _Group, *, use_state: bool) -> dict[str, Tensor]:
+    def _scores(
+        self, group: _Group, *, use_state: bool, one_shot: bool = False
+    ) -> dict[str, Tensor]:
         scores = {}
         for name, module in group.ops.items():
             weight = _tensor(module, "weight")
@@ -205,8 +189,15 @@ class Pruner:
             if group.needs_grad and grad is None:
                 raise PrunekitError(
                     f"criterion {group.config.criterion!r} needs gradients, but op {name!r} "
-                    "has none: call pruner.step() after loss.backward() and optimizer.step(), "
-                    "before optimizer.zero_grad()"
+                    "has none: "
+                    + (
+                        "run a forward pass and loss.backward() on a batch before pruning in "
+                        "one shot (pk.prune / prune_now read weight.grad), or use a criterion "
+                        "that needs none, such as 'magnitude'"
+                        if one_shot
+                        else "call pruner.step() after loss.backward() and optimizer.step(), "
+                        "before optimizer.zero_grad()"
+                    )
                 )
             scores[name] = group.criterion(
                 weight.detach(),
@@ -234,21 +225,14 @@ class Pruner:
             elif bool(mask.all()):
                 continue  # nothing removed yet: attach nothing
             else:
-                self._attach(name, module, group.config, mask)
+                self._attach(module, group.config, mask)
             self._zero_optimizer_state(module, mask)
 
-    def _attach(self, name: str, module: nn.Module, config: PruningConfig, mask: Tensor) -> None:
-        module.register_buffer(MASK_BUFFER, mask.clone(), persistent=False)
-        weight_hook = _GradMask(module, MASK_BUFFER)
-        handles = [_tensor(module, "weight").register_hook(weight_hook)]  # type: ignore[no-untyped-call]
-        bias = getattr(module, "bias", None)
-        if config.prune_bias and isinstance(bias, Tensor):
-            module.register_buffer(
-                BIAS_MASK_BUFFER, torch.ones_like(bias, dtype=torch.bool), persistent=False
-            )
-            bias_hook = _GradMask(module, BIAS_MASK_BUFFER)
-            handles.append(bias.register_hook(bias_hook))  # type: ignore[no-untyped-call]
-        self._hooks[name] = handles
+    def _attach(self, module: nn.Module, config: PruningConfig, mask: Tensor | None) -> None:
+        """Give ``module`` prunekit's mask buffer and hooks (its adopted mask when given)."""
+        weight = _tensor(module, "weight")
+        kept = mask if mask is not None else torch.ones_like(weight, dtype=torch.bool)
+        attach(module, kept.to(weight.device), bias=config.prune_bias)
 
     def _enforce(self) -> None:
         """Removed weights (and biases of removed output channels) read as zero."""
@@ -274,15 +258,13 @@ class Pruner:
 
     # -- leaving ------------------------------------------------------------------------------
     def remove(self) -> nn.Module:
-        """Bake the masks into the weights and detach: the model is a plain model again."""
+        """Bake the masks into the weights and detach: the model is a plain model again
+        (:meth:`report` and :attr:`masks` still tell what was removed)."""
         self._check_attached()
         self._enforce()
-        for name, module in self.ops.items():
-            for handle in self._hooks.pop(name, []):
-                handle.remove()
-            for buffer in (MASK_BUFFER, BIAS_MASK_BUFFER):
-                if buffer in module._buffers:
-                    del module._buffers[buffer]
+        self._baked = {name: mask.clone() for name, mask in self.masks.items()}
+        for module in self.ops.values():
+            detach(module)
         self._removed = True
         return self.model
 
@@ -437,7 +419,7 @@ class Pruner:
                 if hasattr(module, MASK_BUFFER):
                     getattr(module, MASK_BUFFER).copy_(mask)
                 elif not bool(mask.all()):
-                    self._attach(name, module, group.config, mask)
+                    self._attach(module, group.config, mask)
                 self._zero_optimizer_state(module, mask)
         self._enforce()
 
@@ -451,6 +433,22 @@ def _tensor(module: nn.Module, name: str) -> Tensor:
     value = getattr(module, name)
     assert isinstance(value, Tensor), f"{type(module).__name__}.{name} is not a tensor"
     return value
+
+
+def _check_free(name: str, module: nn.Module) -> None:
+    """Refuse an op another tool has reparametrized, or that holds a ``weight_mask`` prunekit
+    did not put there (a Pruner adopts the masks of a copy of a pruned model)."""
+    if hasattr(module, "weight_orig"):
+        raise PrunekitError(
+            f"op {name!r} is pruned by torch.nn.utils.prune (it has weight_orig): call "
+            "torch.nn.utils.prune.remove(module, 'weight') first, or leave it out of the config"
+        )
+    for buffer in (MASK_BUFFER, BIAS_MASK_BUFFER):
+        if hasattr(module, buffer) and not carries_masks(module):
+            raise PrunekitError(
+                f"op {name!r} already has an attribute {buffer!r} that prunekit did not put "
+                "there; remove it, or leave the op out of the config"
+            )
 
 
 def _output_channels_kept(module: nn.Module, mask: Tensor) -> Tensor:

@@ -119,9 +119,8 @@ def parse_shape(text: str | Sequence[int] | None, kind: ModuleKind) -> tuple[int
     if text is None:
         return DEFAULT_SHAPES[kind]
     if isinstance(text, str):
-        parts = [p.strip() for p in text.replace("x", ",").split(",")]
         try:
-            sizes = tuple(int(p) for p in parts)
+            sizes = tuple(int(p) for p in _shape_parts(text))
         except ValueError:
             raise ValueError(
                 f"shape {text!r} is not a list of whole numbers; for {kind} give "
@@ -142,6 +141,27 @@ def parse_shape(text: str | Sequence[int] | None, kind: ModuleKind) -> tuple[int
             f"shape {sizes} has {math.prod(sizes)} weights; a picture shows at most {_MAX_ELEMENTS}"
         )
     return sizes
+
+
+def module_for_shape(shape: str | Sequence[int] | None) -> ModuleKind:
+    """The module kind a weight shape's number of sizes means (2 linear, 3 conv1d, 4 conv2d,
+    5 conv3d), so that a shape alone says what to draw; no shape: conv2d, the default."""
+    if shape is None:
+        return "conv2d"
+    count = len(_shape_parts(shape)) if isinstance(shape, str) else len(shape)
+    for kind in MODULE_KINDS:
+        if len(DEFAULT_SHAPES[kind]) == count:
+            return kind
+    fits = ", ".join(f"{len(DEFAULT_SHAPES[k])} ({k})" for k in MODULE_KINDS[:-1])
+    last = MODULE_KINDS[-1]
+    raise ValueError(
+        f"shape {_show_shape(shape)} has {count} size{'' if count == 1 else 's'}, which fits "
+        f"no module: give {fits} or {len(DEFAULT_SHAPES[last])} ({last})"
+    )
+
+
+def _shape_parts(text: str) -> list[str]:
+    return [p.strip() for p in text.replace("x", ",").split(",")]
 
 
 def _show_shape(text: str | Sequence[int]) -> str:
