@@ -317,8 +317,12 @@ def test_report_json_and_text() -> None:
 
 def test_an_unreachable_target_is_refused_before_training() -> None:
     conv = nn.Sequential(nn.Conv2d(1, 8, 3))  # 2-D view (8, 9): no whole 2:4 group per row
-    with pytest.warns(pk.PruningWarning), pytest.raises(
-        pk.ImpossibleTargetError, match=r"every op is left unpruned \('0': its 2-D view \(8, 9\)"
+    with (
+        pytest.warns(pk.PruningWarning),
+        pytest.raises(
+            pk.ImpossibleTargetError,
+            match=r"every op is left unpruned \('0': its 2-D view \(8, 9\)",
+        ),
     ):
         pk.Pruner(conv, {"pattern": "2:4", "target_sparsity": 0.5})
     partial = {"pattern": "2:4", "target_sparsity": 0.5, "indivisible": "partial"}

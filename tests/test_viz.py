@@ -51,7 +51,19 @@ def test_draw_mask_returns_a_figure_on_every_module_it_applies_to(spec: str) -> 
         assert isinstance(figure, Figure)
         assert figure.axes[0].get_title() == spec
         drawn.append(module)
-    assert drawn, f"{spec!r} could be drawn on no module"
+    if not drawn:  # N:M with M = 8 divides none of the default views: a shape it divides
+        assert isinstance(viz.draw_mask(spec, "linear", shape="8,16"), Figure)
+
+
+def test_a_weight_the_pattern_leaves_unpruned_is_refused_with_the_remedy() -> None:
+    with pytest.raises(
+        UnsupportedModuleError,
+        match=r"leaves a conv2d weight \(4, 3, 3, 3\) "
+        r"unpruned: its 2-D view \(4, 27\) width is not a multiple of M=4.*--shape",
+    ):
+        viz.mask_picture("2:4", "conv2d")
+    partial = viz.mask_picture("2:4", "conv2d", indivisible="partial")
+    assert partial.hardware_valid is False
 
 
 def test_the_picture_is_the_patterns_mask() -> None:

@@ -13,6 +13,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -138,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.set_defaults(run=_plugins)
     schema = commands.add_parser("schema", help="print the config JSON Schema (for editors)")
     schema.set_defaults(run=_schema)
+    _add_show(commands)
+    _add_plot_schedule(commands)
+    return parser
+
+
+def _add_show(commands: Any) -> None:
     show = commands.add_parser(
         "show",
         help="draw the mask a pattern makes on a small weight (needs prunekit[viz])",
@@ -182,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
         "... (default: PATTERN-MODULE.png here, 2:4 on linear -> 2-4-linear.png)",
     )
     show.set_defaults(run=_show)
+
+
+def _add_plot_schedule(commands: Any) -> None:
     plot = commands.add_parser(
         "plot-schedule",
         help="draw the target sparsity over steps of a config file (needs prunekit[viz])",
@@ -196,7 +206,6 @@ def build_parser() -> argparse.ArgumentParser:
         "prune-schedule.png)",
     )
     plot.set_defaults(run=_plot_schedule)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

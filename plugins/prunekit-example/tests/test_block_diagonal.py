@@ -12,6 +12,7 @@ import math
 import prunekit
 import pytest
 import torch
+from prunekit.testing import check_pattern
 from torch import Tensor, nn
 
 from prunekit_example import BlockDiagonalPattern, DiagonalLayout
@@ -262,3 +263,9 @@ def test_pre_mask_removals_stay_and_count() -> None:
         pattern.get_masks(scores, 0.5, {"fc": pre})["fc"],
         torch.isin(diagonal, torch.tensor([1, 3])),
     )
+
+
+@pytest.mark.parametrize("blocks", [2, 4])
+def test_block_diagonal_keeps_prunekit_s_contract(blocks: int) -> None:
+    """prunekit's contract battery, as any plugin's own test suite runs it after install."""
+    check_pattern("block_diagonal", blocks=blocks)

@@ -46,6 +46,7 @@ from prunekit.masks.geometry import (
 from prunekit.masks.limits import OpLimit, op_limit, unreachable
 from prunekit.masks.limits import check_target as checked_target
 from prunekit.masks.problem import Part, Problem, Settings, build
+from prunekit.masks.views import Transposed, is_transposed_linear
 
 Masks = dict[str, Tensor]
 _Options = TypeVar("_Options", bound=BaseModel)
@@ -128,6 +129,8 @@ class Pattern:
     spec: ClassVar[str | None] = None
     spec_examples: ClassVar[tuple[str, ...]] = ()
     Options: ClassVar[type[PatternOptions]] = BlockOptions
+    # Whether the masks depend on the scores (N2D2's random filler's do not).
+    uses_scores: ClassVar[bool] = True
     module_types: ClassVar[tuple[type[nn.Module], ...]] = (
         nn.Linear,
         nn.Conv1d,
@@ -150,11 +153,19 @@ class Pattern:
                 f"pattern {config.pattern!r} needs a non-empty mapping of op name -> "
                 f"module, got {modules!r}"
             )
+        # Each op's weight seen (out, in, ...), as its blocks are laid out, and as stored (a
+        # transposed Linear, GPT-2's Conv1D, is stored (in, out)).
         self.shapes: dict[str, tuple[int, ...]] = {}
+        self.weight_shapes: dict[str, tuple[int, ...]] = {}
+        self.transposed: set[str] = set()
         self.module_kinds: dict[str, str] = {}
         for name, module in modules.items():
             self._check_module(name, module)
-            self.shapes[name] = tuple(_weight(module).shape)
+            self.weight_shapes[name] = tuple(_weight(module).shape)
+            self.shapes[name] = self.weight_shapes[name]
+            if is_transposed_linear(module):
+                self.transposed.add(name)
+                self.shapes[name] = self.weight_shapes[name][::-1]
             self.module_kinds[name] = type(module).__name__
         # Ops left out on purpose (no whole block, indivisible="skip"), with the reason.
         self.skipped: dict[str, str] = {}
@@ -196,6 +207,13 @@ class Pattern:
         ``round(target * blocks)`` (Python's round, as torch.nn.utils.prune)."""
         return round(blocks_at(self.layouts[name], target))
 
+    def block_elements(self, name: str) -> int:
+        """How many elements op ``name`` loses together: a block's (for a layout-based
+        pattern), else 1. A pattern that overrides ``get_masks`` alone and removes larger
+        units says so here; prunekit.testing's contract checks allow that much."""
+        layout = self.layouts.get(name)
+        return 1 if layout is None else max(layout.block_size, 1)
+
     def check_target(self, target_sparsity: float) -> float:
         """The target as a float, or an error naming it and the valid range."""
         return checked_target(target_sparsity, self.config.max_sparsity_ratio_per_op)
@@ -204,7 +222,9 @@ class Pattern:
         """Whether op ``name``'s mask has the layout sparse hardware needs (N:M patterns);
         None where the notion does not apply."""
         layout = self.layouts.get(name)
-        return None if layout is None else hardware_valid(layout, mask)
+        if layout is None:
+            return None
+        return hardware_valid(layout, mask.t() if name in self.transposed else mask)
 
     def skip(self, name: str, reason: str) -> None:
         """Leave op ``name`` unpruned, with the reason kept for reports."""
@@ -216,7 +236,7 @@ class Pattern:
         """Raise :class:`~prunekit.errors.ScoreError` unless ``scores`` has exactly this
         pattern's ops, each a float tensor shaped like its weight without NaN, and
         ``pre_masks`` (if any) has bool masks of the same shapes for some of them."""
-        check_inputs(self.shapes, scores, pre_masks)
+        check_inputs(self.weight_shapes, scores, pre_masks)
 
     # -- masks ----------------------------------------------------------------------------------
     def get_masks(
@@ -233,7 +253,7 @@ class Pattern:
         masks from an earlier step; what they removed stays removed and counts.
         """
         problem = self.problem(scores, target_sparsity, pre_masks)
-        return dict(masks(problem, decide(problem)))
+        return dict(self._stored(masks(problem, decide(problem))))
 
     def iter_masks(
         self,
@@ -250,7 +270,7 @@ class Pattern:
         decision is taken before the first mask is yielded.
         """
         problem = self.problem(scores, target_sparsity, pre_masks, streaming=True)
-        return masks(problem, decide(problem))
+        return self._stored(masks(problem, decide(problem)))
 
     def problem(
         self,
@@ -275,10 +295,18 @@ class Pattern:
             how=getattr(self.options, "criterion_reduce_type", "mean"),
             wanted=self.local_block_count,
         )
+        if self.transposed:  # the (out, in) view of transposed Linears, without a copy
+            scores = Transposed(scores, self.transposed)
+            pre_masks = Transposed(pre_masks, self.transposed) if pre_masks else pre_masks
         return build(
             self.shapes, self.layouts, settings, scores, target, pre_masks,
             streaming=streaming, parts=parts,
         )  # fmt: skip
+
+    def _stored(self, found: Iterator[tuple[str, Tensor]]) -> Iterator[tuple[str, Tensor]]:
+        """Masks shaped like the weights as stored (a transposed Linear's transposed back)."""
+        for name, mask in found:
+            yield name, mask.t().contiguous() if name in self.transposed else mask
 
     def limits(self) -> list[OpLimit]:
         """What the caps and each op's blocks let it remove (the ops left unpruned aside)."""
@@ -310,8 +338,13 @@ class Pattern:
     def _check_module(self, name: str, module: nn.Module) -> None:
         """Refuse a module this pattern cannot lay its blocks on, naming what it supports."""
         weight = getattr(module, "weight", None)
-        if not isinstance(module, self.module_types) or not isinstance(weight, Tensor):
+        known = isinstance(module, self.module_types) or (
+            nn.Linear in self.module_types and is_transposed_linear(module)
+        )
+        if not known or not isinstance(weight, Tensor):
             supported = ", ".join(t.__name__ for t in self.module_types)
+            if nn.Linear in self.module_types:
+                supported += " (and transposed Linears: Hugging Face's Conv1D)"
             raise UnsupportedModuleError(
                 f"pattern {self.config.pattern!r} cannot prune op {name!r} "
                 f"({type(module).__name__}): it supports {supported}"

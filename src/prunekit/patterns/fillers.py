@@ -60,6 +60,7 @@ class RandomFiller(_Filler):
     """N2D2's Random filler: a random mask with the exact count, seeded by config.seed."""
 
     description = "N2D2's Random filler: random weights, exact count, reproducible per seed"
+    uses_scores = False
 
     def layout(self, name: str, module: nn.Module) -> BlockLayout | None:
         """Draws from ``config.seed`` mixed with a stable hash of the op name."""

@@ -21,6 +21,7 @@ from prunekit.errors import UnsupportedModuleError
 from prunekit.masks.geometry import BlockLayout
 from prunekit.masks.layouts import AxisLayout
 from prunekit.masks.pattern import WEIGHT_MODULES, Pattern, ReduceOptions
+from prunekit.masks.views import is_transposed_linear
 from prunekit.plugins.hookspecs import Register, hookimpl
 
 # Where each named dim sits in a module's weight; a dim a kind lacks (kh of a Conv1d) has
@@ -34,8 +35,8 @@ _CONV_DIMS: dict[int, dict[str, int]] = {
 
 def _dims_of(module: nn.Module) -> tuple[str, dict[str, int]] | None:
     """(kind, named dims) of a module's weight: "linear" or "conv", or None if neither."""
-    if isinstance(module, nn.Linear):
-        return "linear", {"out": 0, "in": 1}
+    if isinstance(module, nn.Linear) or is_transposed_linear(module):
+        return "linear", {"out": 0, "in": 1}  # a transposed Linear is seen (out, in) too
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         return "conv", dict(_CONV_DIMS[module.weight.dim() - 2])
     if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):

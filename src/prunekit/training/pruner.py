@@ -21,6 +21,7 @@ from prunekit.config.model import PruningConfig
 from prunekit.config.resolve import resolve
 from prunekit.errors import ImpossibleTargetError, MaskFileError, PrunekitError
 from prunekit.masks.pattern import Pattern
+from prunekit.masks.views import is_transposed_linear
 from prunekit.plugins.host import PluginHost
 from prunekit.training.masking import (
     BIAS_MASK_BUFFER,
@@ -452,8 +453,10 @@ def _check_free(name: str, module: nn.Module) -> None:
 
 
 def _output_channels_kept(module: nn.Module, mask: Tensor) -> Tensor:
-    """Per output channel: does any of its weights stay? (ConvTranspose: dim 1 is out.)"""
-    out_dim = 1 if isinstance(module, nn.modules.conv._ConvTransposeNd) else 0
+    """Per output channel: does any of its weights stay? (ConvTranspose and transposed
+    Linears, GPT-2's Conv1D: dim 1 is out.)"""
+    transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
+    out_dim = 1 if transposed or is_transposed_linear(module) else 0
     other = tuple(d for d in range(mask.dim()) if d != out_dim)
     kept = mask.any(dim=other)
     if isinstance(module, nn.modules.conv._ConvTransposeNd) and module.groups > 1:

@@ -16,6 +16,7 @@ saved without the software/date metadata.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.config.resolve import get_pattern
+from prunekit.errors import PruningWarning, UnsupportedModuleError
 from prunekit.plugins.default import default_host
 from prunekit.viz.figures import DPI, require_matplotlib, save_figure
 
@@ -222,7 +224,15 @@ def mask_picture(
         "seed": seed,
         **options,
     }
-    pattern = get_pattern(config, {module: op})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PruningWarning)  # said below, as an error
+        pattern = get_pattern(config, {module: op})
+    if module in pattern.skipped:
+        raise UnsupportedModuleError(
+            f"pattern {spec!r} leaves a {module} weight {tuple(sizes)} unpruned: "
+            f"{pattern.skipped[module]}; draw a shape it divides (--shape), or pass "
+            "--option indivisible=partial to see partial edge blocks"
+        )
     mask = pattern.get_masks({module: scores}, target)[module]
     verdict = getattr(pattern, "is_hardware_valid", None)
     valid = verdict(module, mask) if callable(verdict) else None
