@@ -52,6 +52,7 @@ from prunekit.plugins import (
 )
 from prunekit.training import OpReport, Pruner, PruningReport, prune
 from prunekit.training.criteria import Criterion, criterion
+from prunekit.training.masking import strip_masks
 
 __version__ = "0.1.0"
 
@@ -101,4 +102,5 @@ __all__ = [
     "load_plugins",
     "prune",
     "register_pattern",
+    "strip_masks",
 ]

@@ -9,6 +9,7 @@ model keeps its removed weights at zero) is :mod:`prunekit.training.masking`.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 from prunekit.config.files import ConfigSource, load_configs
 from prunekit.config.model import PruningConfig
 from prunekit.config.resolve import resolve
-from prunekit.errors import ImpossibleTargetError, MaskFileError, PrunekitError
+from prunekit.errors import ImpossibleTargetError, MaskFileError, PrunekitError, PruningWarning
 from prunekit.masks.pattern import Pattern
 from prunekit.masks.views import is_transposed_linear
 from prunekit.plugins.host import PluginHost
@@ -162,6 +163,7 @@ class Pruner:
         for index, (target, masks) in updates.items():
             self._apply(self.groups[index], masks)
             self.groups[index].applied_target = target
+            self._check_hardware_validity(self.groups[index])
         self._enforce()
         self.current_step += 1
 
@@ -178,7 +180,34 @@ class Pruner:
         for group, goal, masks in updates:
             self._apply(group, masks)
             group.applied_target = max(group.applied_target, goal)
+            self._check_hardware_validity(group)
         self._enforce()
+
+    def _check_hardware_validity(self, group: _Group) -> None:
+        """Once a config reaches its final target: warn when masks of a pattern that has a
+        hardware layout (N:M) are not in it, naming how many ops and which."""
+        if group.applied_target + 1e-12 < group.config.target_sparsity:
+            return
+        masks = {name: getattr(m, MASK_BUFFER, None) for name, m in group.ops.items()}
+        invalid = [
+            name
+            for name, mask in masks.items()
+            if name not in group.pattern.skipped
+            and isinstance(mask, Tensor)
+            and group.pattern.is_hardware_valid(name, mask) is False
+        ]
+        if invalid:
+            pruned = len(group.ops) - len(group.pattern.skipped)
+            warnings.warn(
+                f"config {group.index} (pattern {group.config.pattern!r}) at target "
+                f"{group.config.target_sparsity:g}: {len(invalid)} of {pruned} pruned ops are "
+                f"not hardware-valid (some groups stay dense): "
+                + ", ".join(map(repr, invalid[:6]))
+                + (" ..." if len(invalid) > 6 else "")
+                + "; sparse hardware needs the target at N/M",
+                PruningWarning,
+                stacklevel=3,
+            )
 
     def _scores(
         self, group: _Group, *, use_state: bool, one_shot: bool = False
