@@ -85,3 +85,55 @@ def bert(layers: int = 2) -> nn.Module:
     )  # fmt: skip
     torch.manual_seed(0)
     return BertModel(config)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expand, 3x3 depthwise, 1x1 project (linear), with a residual
+    when the shapes match."""
+
+    def __init__(self, inp: int, out: int, stride: int = 1, expand: int = 4) -> None:
+        super().__init__()
+        hidden = inp * expand
+        self.expand = nn.Sequential(
+            nn.Conv2d(inp, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()
+        )
+        self.depthwise = nn.Sequential(
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(),
+        )
+        self.project = nn.Sequential(nn.Conv2d(hidden, out, 1, bias=False), nn.BatchNorm2d(out))
+        self.residual = stride == 1 and inp == out
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.project(self.depthwise(self.expand(x)))
+        return x + y if self.residual else y
+
+
+class MobileNetish(nn.Module):
+    """A small MobileNetV2-shaped network: a stem, inverted residual blocks with and without
+    residuals, a classifier."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6())
+        self.blocks = nn.Sequential(
+            InvertedResidual(16, 24, 2), InvertedResidual(24, 24), InvertedResidual(24, 32, 2)
+        )
+        self.head = nn.Sequential(nn.Conv2d(32, 64, 1), nn.ReLU6())
+        self.fc = nn.Linear(64, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.head(self.blocks(self.stem(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def vit(layers: int = 2) -> nn.Module:
+    from transformers import ViTConfig, ViTModel
+
+    config = ViTConfig(
+        hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=64,
+        image_size=16, patch_size=4,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return ViTModel(config)
