@@ -39,6 +39,7 @@ from prunekit.masks import (
     PatternOptions,
     ReduceOptions,
 )
+from prunekit.masks.modules import strip_masks
 from prunekit.plugins import (
     CRITERIA,
     PATTERNS,
@@ -50,9 +51,10 @@ from prunekit.plugins import (
     load_plugins,
     register_pattern,
 )
+from prunekit.slim.plan import apply_slim_plan
+from prunekit.slim.slimming import SlimError, SlimReport, slim
 from prunekit.training import OpReport, Pruner, PruningReport, prune
 from prunekit.training.criteria import Criterion, criterion
-from prunekit.training.masking import strip_masks
 
 __version__ = "0.1.0"
 
@@ -87,12 +89,15 @@ __all__ = [
     "ReduceOptions",
     "Register",
     "ScoreError",
+    "SlimError",
+    "SlimReport",
     "UnknownCriterionError",
     "UnknownNameError",
     "UnknownPatternError",
     "UnknownScheduleError",
     "UnsupportedModuleError",
     "__version__",
+    "apply_slim_plan",
     "criterion",
     "get_pattern",
     "hookimpl",
@@ -102,5 +107,6 @@ __all__ = [
     "load_plugins",
     "prune",
     "register_pattern",
+    "slim",
     "strip_masks",
 ]

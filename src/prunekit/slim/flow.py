@@ -23,9 +23,9 @@ drop.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor
@@ -146,7 +146,7 @@ class _Walker:
         name = _op(node)
         if node.target is operator.getitem:
             value = self.values.get(node.args[0])
-            return value[int(node.args[1])] if isinstance(value, list) else None
+            return value[_int(node.args[1])] if isinstance(value, list) else None
         handler = _HANDLERS.get(name)
         if handler is not None:
             return handler(self, node)
@@ -173,10 +173,7 @@ class _Walker:
         found = self.label(node.args[0])
         if found is None:
             return None
-        rest = node.args[1:]
-        result = moved(
-            found, self.shape(node.args[0]), lambda ids: node.target(ids, *rest, **node.kwargs)
-        )
+        result = moved(found, self.shape(node.args[0]), lambda ids: _same_op(node, ids))
         assert isinstance(result, Tensor)
         self.tie_heads(found, result, node)
         return self.relabel(compressed(result), found, node)
@@ -197,19 +194,15 @@ class _Walker:
         new = compressed(ids)
         if new is None or len(old.dims) != 1 or len(new.dims) < 2:
             return
-        heads = new.index.reshape(new.index.shape[0], -1) if new.index.dim() >= 2 else None
-        if heads is not None:
-            for row in heads:
-                self.flow.ties.tie_all(row)
+        heads = new.index.reshape(new.index.shape[0], -1)
+        if heads.shape[1] > 1:
+            self.flow.ties.tie(heads[:, :-1], heads[:, 1:])
 
     def split(self, node: Node) -> Value:
         found = self.label(node.args[0])
         if found is None:
             return None
-        rest = node.args[1:]
-        parts = moved(
-            found, self.shape(node.args[0]), lambda ids: node.target(ids, *rest, **node.kwargs)
-        )
+        parts = moved(found, self.shape(node.args[0]), lambda ids: _same_op(node, ids))
         assert isinstance(parts, (tuple, list))
         return [self.relabel(compressed(part), found, node) for part in parts]
 
@@ -301,7 +294,7 @@ class _Walker:
     def normalize(self, node: Node) -> Value:
         found = self.label(node.args[0])
         if found is not None:
-            dim = int(node.args[1]) % len(self.shape(node.args[0]))
+            dim = _int(node.args[1]) % len(self.shape(node.args[0]))
             if dim in found.dims:
                 self.flow.pin(found.ids(), f"a softmax across channels ({module_of(node)})")
         return found
@@ -399,7 +392,7 @@ class _Walker:
         if found is None:
             return None
         rank = len(self.shape(node.args[0]))
-        normalized = range(rank - len(node.args[1]), rank)
+        normalized = range(rank - len(cast(Sequence[int], node.args[1])), rank)
         if set(found.dims) & set(normalized):
             self.flow.pin(
                 found.ids(),
@@ -407,6 +400,10 @@ class _Walker:
                 "changes the others' mean and variance",
             )
         return found
+
+    def group_norm(self, node: Node) -> Value:
+        self.pin_inputs(node, "a GroupNorm across them")
+        return None
 
     def embedding(self, node: Node) -> Value:
         weight = node.args[0]
@@ -419,9 +416,9 @@ class _Walker:
         """Concatenation: along a channel dim the ids line up one after another; along
         another dim (a class token before patch embeddings) every part carries the same
         channels, and an unlabelled part follows them (a parameter) or keeps them."""
-        parts = list(node.args[0])
+        parts = list(cast(Sequence[Any], node.args[0]))
         out_shape = self.shape(node)
-        dim = int(node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0))
+        dim = _int(node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0))
         dim %= len(out_shape)
         labels = [self.label(part) for part in parts]
         known = next((found for found in labels if found is not None), None)
@@ -489,6 +486,12 @@ class _Walker:
         return compressed(mv)
 
 
+def _same_op(node: Node, ids: Tensor) -> Any:
+    """``node``'s own op applied to a tensor of channel ids in place of its first input."""
+    target = cast(Callable[..., Any], node.target)
+    return target(ids, *node.args[1:], **node.kwargs)
+
+
 def _op(node: Node) -> str:
     """The ATen op's name without namespace and overload ("linear", "conv2d")."""
     target = node.target
@@ -516,12 +519,16 @@ def _conv_kind(node: Node) -> tuple[bool, int]:
     """(transposed, groups) of a convolution node, whichever ATen form it takes."""
     name, args = _op(node), node.args
     if name == "convolution":  # input, weight, bias, stride, padding, dilation, transposed,
-        return bool(args[6]), int(args[8])  # output_padding, groups
+        return bool(args[6]), _int(args[8])  # output_padding, groups
     if name.startswith("conv_transpose"):  # input, weight, bias, stride, padding,
-        return True, int(args[6]) if len(args) > 6 else 1  # output_padding, groups, dilation
-    return False, int(args[6]) if len(
-        args
-    ) > 6 else 1  # input, weight, bias, stride, padding, dilation, groups
+        return True, _int(args[6]) if len(args) > 6 else 1  # output_padding, groups, dilation
+    # input, weight, bias, stride, padding, dilation, groups
+    return False, _int(args[6]) if len(args) > 6 else 1
+
+
+def _int(arg: object) -> int:
+    """A node argument that is a whole number (static shapes: always a Python int)."""
+    return int(cast(int, arg))
 
 
 def _dims_arg(node: Node, rank: int) -> list[int]:
@@ -531,7 +538,7 @@ def _dims_arg(node: Node, rank: int) -> list[int]:
         return list(range(rank))
     if isinstance(dims, int):
         return [dims % rank]
-    return [int(d) % rank for d in dims]
+    return [int(d) % rank for d in cast(Sequence[int], dims)]
 
 
 _HANDLERS: dict[str, Callable[[_Walker, Node], Value]] = {
@@ -546,7 +553,7 @@ _HANDLERS: dict[str, Callable[[_Walker, Node], Value]] = {
     "batch_norm": _Walker.batch_norm,
     "_native_batch_norm_legit_no_training": _Walker.batch_norm,
     "layer_norm": _Walker.layer_norm,
-    "group_norm": lambda walker, node: (walker.pin_inputs(node, "a GroupNorm"), None)[1],
+    "group_norm": _Walker.group_norm,
     "embedding": _Walker.embedding,
     "cat": _Walker.cat,
     "matmul": _Walker.matmul,

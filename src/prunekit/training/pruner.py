@@ -3,7 +3,7 @@
 It validates every config and selects every op before it touches anything; then, step by
 step, it asks each config's schedule for the target, its criterion for scores and its
 pattern for masks, and applies them. How masks live on a module (so that every copy of the
-model keeps its removed weights at zero) is :mod:`prunekit.training.masking`.
+model keeps its removed weights at zero) is :mod:`prunekit.masks.modules`.
 """
 
 from __future__ import annotations
@@ -21,16 +21,16 @@ from prunekit.config.files import ConfigSource, load_configs
 from prunekit.config.model import PruningConfig
 from prunekit.config.resolve import resolve
 from prunekit.errors import ImpossibleTargetError, MaskFileError, PrunekitError, PruningWarning
-from prunekit.masks.pattern import Pattern
-from prunekit.masks.views import is_transposed_linear
-from prunekit.plugins.host import PluginHost
-from prunekit.training.masking import (
+from prunekit.masks.modules import (
     BIAS_MASK_BUFFER,
     MASK_BUFFER,
     attach,
     carries_masks,
     detach,
 )
+from prunekit.masks.pattern import Pattern
+from prunekit.masks.views import is_transposed_linear
+from prunekit.plugins.host import PluginHost
 from prunekit.training.ops import select_all, shared_weights
 from prunekit.training.report import OpReport, PruningReport
 

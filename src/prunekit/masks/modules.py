@@ -1,4 +1,5 @@
-"""How masks live on a module, so that removed weights stay removed on every copy.
+"""How masks live on a module (the Pruner's), so that removed weights stay removed on every
+copy.
 
 Chosen so that ``copy.deepcopy``, ``pickle``, ``torch.save``/``torch.load``,
 ``state_dict()``/``load_state_dict()`` and ``torch.compile`` keep working on the plain model:
