@@ -116,7 +116,9 @@ class MobileNetish(nn.Module):
 
     def __init__(self, classes: int = 10) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6())
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6()
+        )
         self.blocks = nn.Sequential(
             InvertedResidual(16, 24, 2), InvertedResidual(24, 24), InvertedResidual(24, 32, 2)
         )
