@@ -1,4 +1,5 @@
-"""The ``prunekit`` command: list patterns and plugins, print the config schema, draw masks.
+"""The ``prunekit`` command: list patterns and plugins, print the config schema, draw masks,
+verify a checkpoint's zeros against a pattern.
 
 Pictures go to the file ``-o`` names, else to a file named after what is drawn in the
 current directory: the machines it runs on usually have no screen to open a window on.
@@ -23,6 +24,7 @@ from prunekit.config.schema import config_json_schema
 from prunekit.errors import ConfigError, PrunekitError
 from prunekit.plugins.default import default_host
 from prunekit.plugins.host import KINDS
+from prunekit.verify import verify_file
 from prunekit.viz.masks import module_for_shape, option_values, save_mask_picture
 from prunekit.viz.schedule import save_schedule_plot
 
@@ -111,6 +113,29 @@ def _plot_schedule(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace, console: Console) -> int:
+    """Check every weight's zeros in a file against a pattern: exit 1 when a tensor breaks
+    it, 0 when none does, 2 for a usage error (one line, as the other commands)."""
+    try:
+        report = verify_file(
+            args.file,
+            args.pattern,
+            only=args.only,
+            exclude=args.exclude,
+            transposed=args.transposed,
+            **option_values(args.option),
+        )
+    except ConfigError as exc:
+        return _fail("; ".join(exc.lines), "verify")
+    except (PrunekitError, ValueError, KeyError, OSError) as exc:
+        return _fail(str(exc), "verify")
+    if args.json:
+        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+    else:
+        sys.stdout.write("\n".join(report.lines()) + "\n")
+    return 0 if report.conforms else 1
+
+
 def picture_file_name(spec: str, module: str) -> str:
     """``show``'s file without ``-o``: ``"2:4"`` on linear -> ``"2-4-linear.png"``. Runs of
     characters that are unsafe in file names (``:``, ``/``, ``*``, ...) become one ``-``, as
@@ -141,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     schema.set_defaults(run=_schema)
     _add_show(commands)
     _add_plot_schedule(commands)
+    _add_verify(commands)
     return parser
 
 
@@ -206,6 +232,39 @@ def _add_plot_schedule(commands: Any) -> None:
         "prune-schedule.png)",
     )
     plot.set_defaults(run=_plot_schedule)
+
+
+def _add_verify(commands: Any) -> None:
+    verify = commands.add_parser(
+        "verify",
+        help="check that a checkpoint's zeros have a pattern's layout (2:4, 4x1, filter, ...)",
+        description="For every weight tensor (2 dims or more) of FILE, a safetensors file or "
+        "a torch.save(model.state_dict()) file (loaded with weights_only=True): its sparsity "
+        "and whether its zeros conform to PATTERN, laid out as prunekit prunes (N:M: at least "
+        "N zeros in every group of M consecutive input-side weights; NxM, channels, filters: "
+        "every zero in an all-zero block), with the first offending block's indices. Exit "
+        "status 1 when a tensor does not conform, 0 when all do, 2 for a usage error.",
+    )
+    verify.add_argument("file", help="a .safetensors file or a torch.save state dict")
+    verify.add_argument(
+        "--pattern", required=True, help="a pattern name or family spec: 2:4, 4x1, filter, ..."
+    )
+    verify.add_argument("--json", action="store_true", help="print a machine-readable report")
+    verify.add_argument("--only", metavar="REGEX", help="check only tensors whose name matches")
+    verify.add_argument("--exclude", metavar="REGEX", help="leave out tensors whose name matches")
+    verify.add_argument(
+        "--transposed",
+        metavar="REGEX",
+        help="2-D weights stored (in, out), as Hugging Face's Conv1D (GPT-2: 'attn|mlp')",
+    )
+    verify.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a pattern option, repeatable (indivisible=partial); values are JSON when they parse",
+    )
+    verify.set_defaults(run=_verify)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
