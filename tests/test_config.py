@@ -72,7 +72,7 @@ def test_unknown_keys_get_did_you_mean_and_all_errors_come_together() -> None:
     (line,) = error_lines({"zzzz": 1})
     assert line.startswith(
         "zzzz: unknown key; valid keys (PruningConfig's fields and the "
-        "options of pattern '4x1'): criterion, criterion_reduce_type"
+        "options of pattern '4x1'): coupled, criterion, criterion_reduce_type"
     )
 
 

@@ -182,6 +182,13 @@ class PruningConfig(BaseModel):
         description="Zero (and keep at zero) the bias of every output channel whose weights "
         "are all removed (filters, rows); off by default, as in torch.nn.utils.prune.",
     )
+    coupled: bool = Field(
+        False,
+        description="Remove whole classes of tied channels (a conv's filters with the next "
+        "layer's inputs, a residual stream's channels across blocks), scored over every "
+        "weight they touch, so that all that is removed can be slimmed; needs a pattern that "
+        "removes whole channels and example_inputs to trace the model.",
+    )
     prune_shared_weights: bool = Field(
         False,
         description="Prune an op whose weight another module holds too (tied weights, such "

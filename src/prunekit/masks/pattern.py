@@ -214,6 +214,13 @@ class Pattern:
         layout = self.layouts.get(name)
         return 1 if layout is None else max(layout.block_size, 1)
 
+    def channel_side(self, name: str) -> Literal["out", "in"] | None:
+        """Whether this pattern removes whole output channels of op ``name`` (filters,
+        output neurons: ``"out"``), whole input channels (``"in"``), or neither (None).
+        Coupled pruning (``coupled: true``) needs one of the two: it then removes a whole
+        class of tied channels, in every op that makes or reads it."""
+        return None
+
     def check_target(self, target_sparsity: float) -> float:
         """The target as a float, or an error naming it and the valid range."""
         return checked_target(target_sparsity, self.config.max_sparsity_ratio_per_op)

@@ -13,14 +13,14 @@ are (``filter`` there spans every dim but ``out``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from torch import nn
 
 from prunekit.errors import UnsupportedModuleError
 from prunekit.masks.geometry import BlockLayout
 from prunekit.masks.layouts import AxisLayout
-from prunekit.masks.pattern import WEIGHT_MODULES, Pattern, ReduceOptions
+from prunekit.masks.pattern import WEIGHT_MODULES, Pattern, PatternConfig, ReduceOptions
 from prunekit.masks.views import is_transposed_linear
 from prunekit.plugins.hookspecs import Register, hookimpl
 
@@ -100,6 +100,11 @@ class GranularityPattern(Pattern):
     """Blocks spanning the dims a fasterai granularity names; one subclass per name."""
 
     granularity: ClassVar[str] = ""
+
+    def __init__(self, config: PatternConfig, modules: Mapping[str, nn.Module]) -> None:
+        self._kinds: dict[str, tuple[str, dict[str, int]] | None] = {}
+        super().__init__(config, modules)
+
     family = "granularity (fasterai)"
     Options = ReduceOptions
     module_types = WEIGHT_MODULES
@@ -114,7 +119,25 @@ class GranularityPattern(Pattern):
             )
 
     def layout(self, name: str, module: nn.Module) -> BlockLayout | None:
+        self._kinds[name] = _dims_of(module)
         return AxisLayout(self.shapes[name], span_of(self.granularity, module))
+
+    def channel_side(self, name: str) -> Literal["out", "in"] | None:
+        """``filter`` and a Linear's ``row`` remove whole output channels; ``shared_kernel``
+        and a Linear's ``column`` whole input channels."""
+        found = self._kinds.get(name)
+        if found is None:
+            return None
+        kind, dims = found
+        spanned = set(GRANULARITIES[self.granularity][1 if kind == "linear" else 0] or ()) & set(
+            dims
+        )
+        every = {d for d in dims if d != "out"}
+        if spanned == every or (kind == "linear" and spanned == {"in"}):
+            return "out"
+        if spanned == {d for d in dims if d != "in"} or (kind == "linear" and spanned == {"out"}):
+            return "in"
+        return None
 
 
 def _make(name: str, description: str) -> type[GranularityPattern]:

@@ -231,6 +231,15 @@ class LnStructuredPattern(Pattern):
                 "raise max_sparsity_ratio_per_op (1.0 allows all) or lower amount"
             )
 
+    def channel_side(self, name: str) -> Literal["out", "in"] | None:
+        """Channels along dim 0 are output channels; along dim 1, input channels (of a
+        Linear, a conv, a transposed Linear seen (out, in); a ConvTranspose the other way)."""
+        dim = self.channel_dim(name)
+        transposed = self.module_kinds[name].startswith("ConvTranspose")
+        if dim in (0, 1):
+            return ("in" if dim == 0 else "out") if transposed else ("out" if dim == 0 else "in")
+        return None
+
     # -- counts: amount before the target ----------------------------------------------------
     def check_target(self, target_sparsity: float) -> float:
         """The effective target: a float ``amount`` when set (it takes precedence; it was

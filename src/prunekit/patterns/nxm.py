@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
@@ -56,6 +56,17 @@ class NxMPattern(Pattern):
         n = rows if self.params["n"] == "channel" else self.params["n"]
         m = cols if self.params["m"] == "channel" else self.params["m"]
         return GridLayout(shape, n, m)
+
+    def channel_side(self, name: str) -> Literal["out", "in"] | None:
+        """``1xchannel`` removes whole output channels (rows of the view: neurons, filters);
+        ``channelx1`` whole input features of a Linear (a conv's view columns are single
+        kernel positions, not whole input channels)."""
+        n, m = self.params["n"], self.params["m"]
+        if m == "channel" and n == 1:
+            return "out"
+        if n == "channel" and m == 1 and len(self.shapes[name]) == 2:
+            return "in"
+        return None
 
 
 @hookimpl

@@ -119,6 +119,7 @@ def _fold_constants(
     """Read what each consumer sees of the dropped channels; keep those it cannot absorb."""
     consumers = [m for m in flow.members if m.role == "consumer"]
     modules = dict(model.named_modules())
+    params: dict[str, Tensor] = dict(model.named_parameters(remove_duplicate=False))
     wanted = {_owner(m.name) for m in consumers if bool(decision.members_dropped(m).any())}
     seen = _record_inputs(model, {n: modules[n] for n in wanted if n in modules}, example)
     for member in consumers:
@@ -127,7 +128,8 @@ def _fold_constants(
         if not bool(dropped.any()) or owner not in seen:
             continue
         values = _channel_values(modules[owner], seen[owner])
-        for position in torch.nonzero(dropped).flatten().tolist():
+        unused = _zero_slices(params[member.name], member.dim)  # coupled pruning zeroed them
+        for position in torch.nonzero(dropped & ~unused).flatten().tolist():
             _absorb(decision, member, modules[owner], values[position], position)
 
 

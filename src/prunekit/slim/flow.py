@@ -145,7 +145,8 @@ class _Walker:
     def visit(self, node: Node) -> Value:
         name = _op(node)
         if node.target is operator.getitem:
-            value = self.values.get(node.args[0])
+            source = node.args[0]
+            value = self.values.get(source) if isinstance(source, Node) else None
             return value[_int(node.args[1])] if isinstance(value, list) else None
         handler = _HANDLERS.get(name)
         if handler is not None:

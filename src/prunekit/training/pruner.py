@@ -20,7 +20,13 @@ from torch import Tensor, nn
 from prunekit.config.files import ConfigSource, load_configs
 from prunekit.config.model import PruningConfig
 from prunekit.config.resolve import resolve
-from prunekit.errors import ImpossibleTargetError, MaskFileError, PrunekitError, PruningWarning
+from prunekit.errors import (
+    ImpossibleTargetError,
+    MaskFileError,
+    OpSelectionError,
+    PrunekitError,
+    PruningWarning,
+)
 from prunekit.masks.modules import (
     BIAS_MASK_BUFFER,
     MASK_BUFFER,
@@ -31,6 +37,10 @@ from prunekit.masks.modules import (
 from prunekit.masks.pattern import Pattern
 from prunekit.masks.views import is_transposed_linear
 from prunekit.plugins.host import PluginHost
+from prunekit.slim.flow import Flow, channel_flow
+from prunekit.slim.slimming import EXAMPLE_ATTRIBUTE
+from prunekit.slim.trace import ExampleInputs, export
+from prunekit.training.coupled import CoupledPattern, CouplingError
 from prunekit.training.ops import select_all, shared_weights
 from prunekit.training.report import OpReport, PruningReport
 
@@ -80,23 +90,36 @@ class Pruner:
         *,
         optimizer: torch.optim.Optimizer | None = None,
         host: PluginHost | None = None,
+        example_inputs: Any = None,
     ) -> None:
         validated = load_configs(list(configs) if _is_sequence(configs) else configs, host=host)
         chosen = select_all(model, validated)
+        flow = _traced(model, validated, example_inputs)
         groups: list[_Group] = []
         for index, (config, ops) in enumerate(zip(validated, chosen, strict=True)):
             resolved = resolve(config, host)
+            pattern = resolved.pattern(resolved.config, ops)
+            bind = getattr(pattern, "bind_model", None)
+            if callable(bind):
+                bind(model)
+            if resolved.config.coupled:
+                assert flow is not None
+                pattern = CoupledPattern(
+                    resolved.config, pattern, flow, dict(model.named_modules())
+                )
+                ops = dict(pattern.ops)
             groups.append(
                 _Group(
                     index=index,
                     config=resolved.config,
                     ops=ops,
-                    pattern=resolved.pattern(resolved.config, ops),
+                    pattern=pattern,
                     criterion=resolved.criterion,
                     schedule=resolved.schedule,
                     generator=torch.Generator().manual_seed(config.seed),
                 )
             )
+        _one_config_per_op(groups)
         for group in groups:
             problem = group.pattern.unreachable(group.config.target_sparsity)
             if problem is not None and type(group.pattern).layout is not Pattern.layout:
@@ -465,6 +488,38 @@ def _tensor(module: nn.Module, name: str) -> Tensor:
     return value
 
 
+def _traced(model: nn.Module, configs: Sequence[PruningConfig], example_inputs: Any) -> Flow | None:
+    """The model's channel flow, when a config is coupled (which needs example inputs);
+    the inputs are kept on the model for ``pk.slim``."""
+    if not any(config.coupled for config in configs):
+        return None
+    if example_inputs is None:
+        raise CouplingError(
+            "coupled: true needs example_inputs (what the model is called with: a tensor, a "
+            "tuple of arguments or a dict of keyword arguments) to trace which channels go "
+            "together: pk.Pruner(model, config, example_inputs=...) or pk.prune(..., "
+            "example_inputs=...)"
+        )
+    example = ExampleInputs.of(example_inputs)
+    flow = channel_flow(export(model, example))
+    object.__setattr__(model, EXAMPLE_ATTRIBUTE, example)
+    return flow
+
+
+def _one_config_per_op(groups: Sequence[_Group]) -> None:
+    """A coupled config's classes reach ops beyond its own: no op may end up in two."""
+    owner: dict[str, int] = {}
+    for group in groups:
+        for name in group.ops:
+            if name in owner and owner[name] != group.index:
+                raise OpSelectionError(
+                    f"op {name!r} is pruned by config {owner[name]} and config {group.index} "
+                    "(a coupled config also prunes the ops its channels are tied to); narrow "
+                    "the configs' op_names so that each op has one"
+                )
+            owner[name] = group.index
+
+
 def _check_free(name: str, module: nn.Module) -> None:
     """Refuse an op another tool has reparametrized, or that holds a ``weight_mask`` prunekit
     did not put there (a Pruner adopts the masks of a copy of a pruned model)."""
@@ -516,11 +571,17 @@ def _config_difference(
     return "state dict configs differ from this Pruner's"
 
 
-def prune(model: nn.Module, config: ConfigInput | Sequence[ConfigInput]) -> Pruner:
+def prune(
+    model: nn.Module,
+    config: ConfigInput | Sequence[ConfigInput],
+    *,
+    example_inputs: Any = None,
+) -> Pruner:
     """One-shot pruning: each config's criterion (magnitude by default) scores the weights,
     masks at each config's ``target_sparsity`` are applied at once. Returns the Pruner
-    (``pruner.remove()`` makes the model plain again)."""
-    pruner = Pruner(model, config)
+    (``pruner.remove()`` makes the model plain again). ``example_inputs``: what the model is
+    called with, for coupled configs (and ``pk.slim`` after)."""
+    pruner = Pruner(model, config, example_inputs=example_inputs)
     pruner.prune_now()
     return pruner
 
