@@ -5,10 +5,11 @@ A virtual op (:class:`VirtualOp`) is a set of units, each made of slices of real
 weights (:class:`Piece`: positions of one dim of one op, and the unit each belongs to). A
 unit scores by reducing every element it touches (mean, sum or max: ``criterion_reduce_type``);
 each virtual op is handed to the engine as one op whose blocks are its units
-(:class:`UnitLayout`, blocks of one), so units are selected exactly as blocks are: exact
-counts (in units), ties by index, local scope per virtual op, global scope across them,
-caps per virtual op, pre-masks. Nothing is gathered element by element: every piece is
-reduced along its other dims, and removed units are written back as whole slices.
+(:class:`UnitLayout`, a unit weighing the weights it touches), so units are selected
+exactly as blocks are: exact counts in weights, ties by index, local scope per virtual op,
+global scope across them, caps per virtual op, pre-masks. Nothing is gathered element by
+element: every piece is reduced along its other dims, and removed units are written back as
+whole slices.
 """
 
 from __future__ import annotations
@@ -44,14 +45,14 @@ class VirtualOp:
 
 
 class UnitLayout:
-    """A virtual op's units as blocks of one: the values handed in are per unit already,
-    and targets and caps count units (a weight two removed units share would count twice
-    if they counted weights, so no count in weights could be exact)."""
+    """A virtual op's units as blocks: the values handed in are per unit already; ``sizes``:
+    the weights each unit touches (what a global target counts)."""
 
-    def __init__(self, units: int) -> None:
-        self.num_blocks = units
-        self.block_size = 1
-        self.sizes: Tensor | None = None
+    def __init__(self, sizes: Tensor) -> None:
+        self.num_blocks = sizes.numel()
+        equal = self.num_blocks == 0 or bool((sizes == sizes[0]).all())
+        self.block_size = int(sizes[0]) if self.num_blocks else 1
+        self.sizes: Tensor | None = None if equal else sizes
 
     def reduce(self, values: Tensor, how: Reduce) -> Tensor:
         return values.reshape(-1)
@@ -116,17 +117,20 @@ def unit_masks(
     """Masks of the real ops (shaped as ``shapes``; True = keep) when the units of every
     virtual op are selected at ``target``: each virtual op alone under local scope
     (``round(target * units)`` of them, within the caps), all together under global scope
-    (``round(target * all units)``, the lowest scores wherever they are). Counted in units.
-    ``scores`` and ``pre_masks`` are the real ops', as stored."""
+    (``round(target * weights)`` of the weights the units touch, the lowest scores wherever
+    they are; a weight two units touch, as a channel's row and another's column, counts for
+    each). ``scores`` and ``pre_masks`` are the real ops', as stored."""
     live = {name: v for name, v in virtual.items() if v.units}
-    values = {name: unit_scores(v, scores, how)[0] for name, v in live.items()}
-    layouts = {name: UnitLayout(v.units) for name, v in live.items()}
+    values, layouts, weights = {}, {}, {}
+    for name, v in live.items():
+        values[name], sizes = unit_scores(v, scores, how)
+        layouts[name] = UnitLayout(sizes)
+        weights[name] = (int(sizes.sum()),)
     settings = Settings(
         scope, min_ratio, max_ratio, how, lambda name, t: round(t * layouts[name].num_blocks)
     )
     pre = {name: unit_kept(v, pre_masks) for name, v in live.items()} if pre_masks else None
-    shapes_in_units = {name: (v.units,) for name, v in live.items()}
-    problem = build(shapes_in_units, layouts, settings, values, target, pre)
+    problem = build(weights, layouts, settings, values, target, pre)
     result = {op: torch.ones(tuple(shape), dtype=torch.bool) for op, shape in shapes.items()}
     for name, keep in masks(problem, decide(problem)):
         for piece in live[name].pieces:
