@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo lint typecheck bench bench-scale bench-overhead bench-venv clean
+.PHONY: venv test demo lint typecheck bench bench-scale bench-overhead bench-slim bench-venv clean
 
 venv: $(STAMP)
 
@@ -38,6 +38,10 @@ bench-scale: $(STAMP)
 
 bench-overhead: $(STAMP)
 	$(BENCH_PYTHON) benchmarks/masks.py --overhead $(ARGS)
+
+# Dense vs masked vs slimmed latency (docs/performance.md); Torch-Pruning where installed.
+bench-slim: $(STAMP)
+	$(BENCH_PYTHON) benchmarks/slim.py $(ARGS)
 
 bench-venv:
 	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench

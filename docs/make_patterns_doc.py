@@ -184,6 +184,31 @@ Removes every weight scoring below `delta`, then below `2 * delta`, ... until th
 reached. N2D2 removes the whole last step and overshoots; we remove exactly the target, lowest
 first, within the last step (the same weights as `"1x1"`).""",
 }
+OTHER_NOTES["head"] = """\
+A head spans four layers: the rows of the query, key and value projections that make it and
+the columns of the output projection that read it, removed together, so the masked model is
+a model with fewer heads and `pk.slim` makes it one ([slimming.md](slimming.md)). With
+grouped-query attention a key/value head serves a group of query heads, and the unit is that
+whole group. The blocks are found by their layers' names (`q_proj`, `k_proj`, `v_proj` with
+`o_proj`, `out_proj` or `dense`; `self.query`, `self.key`, `self.value` with
+`output.dense`; GPT-2's fused `c_attn` with `c_proj`; `qkv` with `proj`); other selected ops
+are left alone (named in the report), so `{"pattern": "head"}` on a whole model prunes its
+attention and another config may take its feed-forward layers. Head counts come from
+`num_heads` / `num_key_value_heads`, else from the attention modules or the model's config.
+Local scope removes `round(target * units)` of every block's units; global scope compares
+them across blocks, counted in the weights they touch.
+
+For LLaMA-style attention with 4 query heads of 2 channels and 2 key/value heads (`q_proj`
+`(8, d)`, `k_proj` and `v_proj` `(4, d)`, `o_proj` `(d, 8)`) at 0.5, when the second
+key/value group scores lowest:
+
+```
+q_proj rows   k_proj rows   v_proj rows   o_proj columns
+0-3 kept      0-1 kept      0-1 kept      0-3 kept
+4-7 removed   2-3 removed   2-3 removed   4-7 removed
+```"""
+# Patterns a single weight cannot show (they span several layers): no picture.
+NO_PICTURES = {"head"}
 # Extra pictures for other built-ins: name -> [(module, options, caption)].
 OTHER_PICTURES: dict[str, list[tuple[str, dict[str, Any], str]]] = {
     "ln_structured": [
@@ -501,6 +526,8 @@ def generic_section(page: Page, entry: Any, level: str = "##") -> None:
     if note:
         page.block(note)
     facts(page, cls)
+    if entry.name in NO_PICTURES:
+        return
     spec = entry.examples[0] if entry.is_family and entry.examples else entry.name
     extra = OTHER_PICTURES.get(entry.name)
     if extra:

@@ -7,7 +7,12 @@ Runs on an embedded default with nothing to download: scikit-learn's 8x8 handwri
 over 300 steps, then 150 steps of fine-tuning). Prints what it prunes, the test accuracy
 before and after with the per-layer report, and writes to ``--out`` a plot of accuracy and
 sparsity over steps (with the dense accuracy as a line and the end of the schedule, where
-fine-tuning starts, marked), the masks (safetensors) and the report (JSON).
+fine-tuning starts, marked), the masks (safetensors) and the report (JSON). Then it shows
+what structured pruning buys (``examples/slim_payoff.py``): from the same dense model, half
+of every layer's channels and neurons removed by one coupled config, fine-tuned, and
+``pk.slim`` makes the model physically smaller; it prints parameters, size on disk and the
+test set's forward latency, dense, masked and slimmed (13,706 -> 3,658 parameters, 56.5 ->
+17.3 KiB; the slimmed model predicts exactly what the masked one does).
 
 Every setting below runs (about 2 s of training each); the test accuracy, dense -> pruned,
 as measured on this project's 2-core CPU machine with torch 2.13 (CPU build):
@@ -62,6 +67,9 @@ from torch import nn
 
 import prunekit as pk
 from prunekit.training import select_ops
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the second part lives beside it
+from slim_payoff import payoff
 
 if TYPE_CHECKING:  # matplotlib is optional: imported where the picture is drawn
     from matplotlib.figure import Figure
@@ -292,6 +300,7 @@ def main() -> None:
                 optimizer.step()
             progress.advance(task)
     dense_accuracy = accuracy(model, x_test, y_test)
+    dense_state = {name: value.clone() for name, value in model.state_dict().items()}
     console.print(
         f"dense model: test accuracy {dense_accuracy:.2%} "
         f"({time.perf_counter() - started:.1f} s on {torch.get_num_threads()} thread: "
@@ -347,6 +356,41 @@ def main() -> None:
     except ImportError:
         console.print("matplotlib is not installed: no plot (pip install 'prunekit[viz]')")
     console.print("wrote " + ", ".join(str(p) for p in written))
+
+    console.print()
+    dense_model = DigitsCNN()
+    dense_model.load_state_dict(dense_state)
+    payoff(
+        dense_model,
+        lambda m, p, steps: fine_tune(m, p, steps, (x_train, y_train), generator),
+        lambda m: accuracy(m, x_test, y_test),
+        x_test,
+        console,
+    )
+
+
+def fine_tune(
+    model: nn.Module,
+    pruner: pk.Pruner,
+    steps: int,
+    data: tuple[torch.Tensor, torch.Tensor],
+    generator: torch.Generator,
+) -> None:
+    """``steps`` Adam steps on ``data``, the Pruner following its schedule."""
+    images, labels = data
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    pruner.optimizer = optimizer
+    loss_fn = nn.CrossEntropyLoss()
+    step = 0
+    while step < steps:
+        for index in batches(len(labels), 64, generator):
+            if step >= steps:
+                return
+            optimizer.zero_grad()
+            loss_fn(model(images[index]), labels[index]).backward()
+            optimizer.step()
+            pruner.step()
+            step += 1
 
 
 def show_warnings(console: Console) -> None:

@@ -95,6 +95,10 @@ def test_the_default_run_prunes_every_layer_to_80_percent_4x1(
 ) -> None:
     result, out = listed_runs[""]
     assert "pruning conv1, conv2, fc1, fc2 with pattern '4x1' to 80%" in result.stdout
+    # the second part: structured pruning, slimmed (half of every class of channels)
+    assert "conv2 32x16x3x3 -> 16x8x3x3, fc1 64x128 -> 32x64, fc2 10x64 -> 10x32" in result.stdout
+    assert "predictions identical to the masked model's" in result.stdout
+    assert re.search(r"slimmed +│ +3,658 │ +17\.3 KiB", result.stdout), result.stdout
     assert "at 80.0% sparsity (4x1, global scope)" in result.stdout
     assert "left dense" not in result.stdout
     report = json.loads((out / "report.json").read_text())

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import prunekit as pk
 from prunekit import viz
 from prunekit.cli import main, picture_file_name
 from prunekit.errors import UnsupportedModuleError
@@ -42,6 +43,10 @@ def registered_specs() -> list[str]:
 
 @pytest.mark.parametrize("spec", registered_specs())
 def test_draw_mask_returns_a_figure_on_every_module_it_applies_to(spec: str) -> None:
+    if pk.PATTERNS[spec].couples_itself:  # units across layers: no one-weight picture
+        with pytest.raises(UnsupportedModuleError, match="spanning several layers"):
+            viz.draw_mask(spec, "linear")
+        return
     drawn = []
     for module in ("linear", "conv2d", "conv3d"):
         try:

@@ -51,9 +51,12 @@ from prunekit.plugins import (
     load_plugins,
     register_pattern,
 )
-from prunekit.slim.plan import apply_slim_plan
+from prunekit.slim.hf import load_slimmed
+from prunekit.slim.plan import SlimPlanError, apply_slim_plan
 from prunekit.slim.slimming import SlimError, SlimReport, slim
+from prunekit.slim.trace import TraceError
 from prunekit.training import OpReport, Pruner, PruningReport, prune
+from prunekit.training.coupled import CouplingError
 from prunekit.training.criteria import Criterion, criterion
 
 __version__ = "0.1.0"
@@ -66,6 +69,7 @@ __all__ = [
     "BlockLayout",
     "BlockOptions",
     "ConfigError",
+    "CouplingError",
     "Criterion",
     "DimOutOfRangeError",
     "GridLayout",
@@ -90,7 +94,9 @@ __all__ = [
     "Register",
     "ScoreError",
     "SlimError",
+    "SlimPlanError",
     "SlimReport",
+    "TraceError",
     "UnknownCriterionError",
     "UnknownNameError",
     "UnknownPatternError",
@@ -105,6 +111,7 @@ __all__ = [
     "load_config",
     "load_configs",
     "load_plugins",
+    "load_slimmed",
     "prune",
     "register_pattern",
     "slim",

@@ -107,6 +107,10 @@ def check_pattern(spec: str, **options: Any) -> None:
     prunekit's contract on every module kind it supports; raise ``AssertionError`` naming
     the case and the rule it broke."""
     assert spec in PATTERNS, f"pattern {spec!r} is not registered (is the plugin installed?)"
+    assert not PATTERNS[spec].couples_itself, (
+        f"pattern {spec!r} removes units spanning several layers (couples_itself): this "
+        "battery checks blocks of one weight; test its units on a model"
+    )
     modules = _supported(spec, options)
     assert modules, f"pattern {spec!r} prunes none of: {', '.join(contract_modules())}"
     _check_bad_inputs(spec, options, modules)

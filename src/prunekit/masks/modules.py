@@ -21,6 +21,7 @@ A model that carries masks can be pruned further: :func:`attached_masks` finds t
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -126,6 +127,36 @@ def attached_masks(model: nn.Module) -> Iterator[tuple[str, nn.Module, Tensor]]:
             mask = module._buffers[MASK_BUFFER]
             assert isinstance(mask, Tensor)
             yield name, module, mask
+
+
+@dataclass(frozen=True)
+class HeldMask:
+    """A module's prunekit masks, taken before they are stripped, to put them back."""
+
+    module: nn.Module
+    mask: Tensor
+    bias_mask: Tensor | None
+
+
+def held_masks(model: nn.Module) -> list[HeldMask]:
+    """Every prunekit mask ``model`` carries, cloned (see :func:`put_back`)."""
+    held = []
+    for _, module, mask in attached_masks(model):
+        bias_mask = module._buffers.get(BIAS_MASK_BUFFER)
+        held.append(
+            HeldMask(module, mask.clone(), None if bias_mask is None else bias_mask.clone())
+        )
+    return held
+
+
+def put_back(held: list[HeldMask]) -> None:
+    """Attach masks :func:`held_masks` took again: a failed operation that stripped them
+    leaves the model as it found it."""
+    for item in held:
+        detach(item.module)
+        attach(item.module, item.mask, bias=item.bias_mask is not None)
+        if item.bias_mask is not None:
+            item.module._buffers[BIAS_MASK_BUFFER] = item.bias_mask.clone()
 
 
 def strip_masks(model: nn.Module) -> list[str]:

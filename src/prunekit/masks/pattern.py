@@ -131,6 +131,9 @@ class Pattern:
     Options: ClassVar[type[PatternOptions]] = BlockOptions
     # Whether the masks depend on the scores (N2D2's random filler's do not).
     uses_scores: ClassVar[bool] = True
+    # Whether the pattern removes whole units across ops itself (attention heads): a
+    # coupled config then uses it as it is.
+    couples_itself: ClassVar[bool] = False
     module_types: ClassVar[tuple[type[nn.Module], ...]] = (
         nn.Linear,
         nn.Conv1d,

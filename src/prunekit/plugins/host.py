@@ -60,6 +60,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "prunekit.patterns.granularity",
     "prunekit.patterns.fillers",
     "prunekit.patterns.ln_structured",
+    "prunekit.patterns.head",
     "prunekit.training.criteria",
     "prunekit.training.schedules",
 )

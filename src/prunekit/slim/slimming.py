@@ -24,10 +24,11 @@ from rich.table import Table
 from torch import Tensor, nn
 
 from prunekit.errors import PrunekitError
-from prunekit.masks.modules import strip_masks
+from prunekit.masks.modules import held_masks, put_back, strip_masks
 from prunekit.slim.attention import head_attributes
 from prunekit.slim.decide import Decision, decide
 from prunekit.slim.flow import Flow, channel_flow
+from prunekit.slim.hf import remember_plan
 from prunekit.slim.macs import macs
 from prunekit.slim.plan import apply_plans, plan_json, restore
 from prunekit.slim.rebuild import ModulePlan
@@ -112,7 +113,16 @@ def slim(model: nn.Module, example_inputs: Any = None, *, tolerance: float = 1e-
     torch.export cannot trace.
     """
     example = _example(model, example_inputs)
+    held = held_masks(model)
     strip_masks(model)
+    try:
+        return _slim(model, example, tolerance)
+    except Exception:
+        put_back(held)  # a failure leaves the model's masks as they were
+        raise
+
+
+def _slim(model: nn.Module, example: ExampleInputs, tolerance: float) -> SlimReport:
     before = _measure(model, example)
     reference = _outputs(model, example)
     program = export(model, example)
@@ -129,8 +139,10 @@ def slim(model: nn.Module, example_inputs: Any = None, *, tolerance: float = 1e-
         restore(model, replaced)
         raise
     after = _measure(model, example)
+    plan = plan_json(plans)
+    remember_plan(model, plan)
     return SlimReport(
-        before[0], after[0], before[1], after[1], changes, _kept(flow, decision), plan_json(plans)
+        before[0], after[0], before[1], after[1], changes, _kept(flow, decision), plan
     )
 
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeGuard
 
 import torch
@@ -19,11 +18,9 @@ from torch import Tensor, nn
 
 from prunekit.config.files import ConfigSource, load_configs
 from prunekit.config.model import PruningConfig
-from prunekit.config.resolve import resolve
 from prunekit.errors import (
     ImpossibleTargetError,
     MaskFileError,
-    OpSelectionError,
     PrunekitError,
     PruningWarning,
 )
@@ -37,38 +34,13 @@ from prunekit.masks.modules import (
 from prunekit.masks.pattern import Pattern
 from prunekit.masks.views import is_transposed_linear
 from prunekit.plugins.host import PluginHost
-from prunekit.slim.flow import Flow, channel_flow
-from prunekit.slim.slimming import EXAMPLE_ATTRIBUTE
-from prunekit.slim.trace import ExampleInputs, export
-from prunekit.training.coupled import CoupledPattern, CouplingError
-from prunekit.training.ops import select_all, shared_weights
+from prunekit.training.groups import Group as _Group
+from prunekit.training.groups import build_groups
+from prunekit.training.ops import shared_weights
 from prunekit.training.report import OpReport, PruningReport
 
 STATE_FORMAT = "prunekit.Pruner"
 STATE_VERSION = 1
-
-
-@dataclass
-class _Group:
-    """One config and everything the Pruner keeps for it."""
-
-    index: int
-    config: PruningConfig
-    ops: dict[str, nn.Module]
-    pattern: Pattern
-    criterion: Callable[..., Tensor]
-    schedule: Callable[[int], float]
-    generator: torch.Generator
-    applied_target: float = 0.0
-    state: dict[str, Tensor] = field(default_factory=dict)
-
-    @property
-    def needs_grad(self) -> bool:
-        return bool(getattr(self.criterion, "needs_grad", False))
-
-    @property
-    def stateful(self) -> bool:
-        return bool(getattr(self.criterion, "stateful", False))
 
 
 ConfigInput = ConfigSource
@@ -93,33 +65,7 @@ class Pruner:
         example_inputs: Any = None,
     ) -> None:
         validated = load_configs(list(configs) if _is_sequence(configs) else configs, host=host)
-        chosen = select_all(model, validated)
-        flow = _traced(model, validated, example_inputs)
-        groups: list[_Group] = []
-        for index, (config, ops) in enumerate(zip(validated, chosen, strict=True)):
-            resolved = resolve(config, host)
-            pattern = resolved.pattern(resolved.config, ops)
-            bind = getattr(pattern, "bind_model", None)
-            if callable(bind):
-                bind(model)
-            if resolved.config.coupled:
-                assert flow is not None
-                pattern = CoupledPattern(
-                    resolved.config, pattern, flow, dict(model.named_modules())
-                )
-                ops = dict(pattern.ops)
-            groups.append(
-                _Group(
-                    index=index,
-                    config=resolved.config,
-                    ops=ops,
-                    pattern=pattern,
-                    criterion=resolved.criterion,
-                    schedule=resolved.schedule,
-                    generator=torch.Generator().manual_seed(config.seed),
-                )
-            )
-        _one_config_per_op(groups)
+        groups = build_groups(model, validated, host, example_inputs)
         for group in groups:
             problem = group.pattern.unreachable(group.config.target_sparsity)
             if problem is not None and type(group.pattern).layout is not Pattern.layout:
@@ -128,13 +74,15 @@ class Pruner:
                 )
             for name, module in group.ops.items():
                 _check_free(name, module)
-        shared_weights(model, validated, chosen)
+        # an op its pattern leaves unpruned (skipped) changes no shared weight
+        shared_weights(model, validated, [group.pruned for group in groups])
         self.model = model
         self.optimizer = optimizer
         self.groups = groups
         self.current_step = 0
         self._removed = False
         self._baked: dict[str, Tensor] = {}
+        self._attached: set[str] = set()  # ops given masks (they must keep them)
         for group in groups:  # masks a copy of a pruned model carries are the starting point
             for module in group.ops.values():
                 if carries_masks(module):
@@ -286,6 +234,7 @@ class Pruner:
         weight = _tensor(module, "weight")
         kept = mask if mask is not None else torch.ones_like(weight, dtype=torch.bool)
         attach(module, kept.to(weight.device), bias=config.prune_bias)
+        self._attached.update(n for n, m in self.ops.items() if m is module)
 
     def _enforce(self) -> None:
         """Removed weights (and biases of removed output channels) read as zero."""
@@ -324,6 +273,13 @@ class Pruner:
     def _check_attached(self) -> None:
         if self._removed:
             raise PrunekitError("this Pruner was removed; create a new one to prune again")
+        gone = [name for name in self._attached if not carries_masks(self.ops[name])]
+        if gone:
+            raise PrunekitError(
+                f"op {gone[0]!r} no longer carries this Pruner's masks (pk.slim or "
+                "pk.strip_masks baked them, or the module was replaced): this Pruner is done "
+                "with the model; create a new one to prune it again"
+            )
 
     # -- reports ------------------------------------------------------------------------------
     def report(self) -> PruningReport:
@@ -486,38 +442,6 @@ def _tensor(module: nn.Module, name: str) -> Tensor:
     value = getattr(module, name)
     assert isinstance(value, Tensor), f"{type(module).__name__}.{name} is not a tensor"
     return value
-
-
-def _traced(model: nn.Module, configs: Sequence[PruningConfig], example_inputs: Any) -> Flow | None:
-    """The model's channel flow, when a config is coupled (which needs example inputs);
-    the inputs are kept on the model for ``pk.slim``."""
-    if not any(config.coupled for config in configs):
-        return None
-    if example_inputs is None:
-        raise CouplingError(
-            "coupled: true needs example_inputs (what the model is called with: a tensor, a "
-            "tuple of arguments or a dict of keyword arguments) to trace which channels go "
-            "together: pk.Pruner(model, config, example_inputs=...) or pk.prune(..., "
-            "example_inputs=...)"
-        )
-    example = ExampleInputs.of(example_inputs)
-    flow = channel_flow(export(model, example))
-    object.__setattr__(model, EXAMPLE_ATTRIBUTE, example)
-    return flow
-
-
-def _one_config_per_op(groups: Sequence[_Group]) -> None:
-    """A coupled config's classes reach ops beyond its own: no op may end up in two."""
-    owner: dict[str, int] = {}
-    for group in groups:
-        for name in group.ops:
-            if name in owner and owner[name] != group.index:
-                raise OpSelectionError(
-                    f"op {name!r} is pruned by config {owner[name]} and config {group.index} "
-                    "(a coupled config also prunes the ops its channels are tied to); narrow "
-                    "the configs' op_names so that each op has one"
-                )
-            owner[name] = group.index
 
 
 def _check_free(name: str, module: nn.Module) -> None:

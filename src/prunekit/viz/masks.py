@@ -205,6 +205,7 @@ def mask_picture(
     """
     sizes = parse_shape(shape, module)
     entry = default_host().patterns.resolve(spec)  # an unknown name fails here, clearly
+    _check_drawable(spec, entry.obj)
     target = sparsity
     if target is None:
         default_target = getattr(entry.obj, "default_target", None)
@@ -236,17 +237,18 @@ def mask_picture(
     mask = pattern.get_masks({module: scores}, target)[module]
     verdict = getattr(pattern, "is_hardware_valid", None)
     valid = verdict(module, mask) if callable(verdict) else None
-    return MaskPicture(
-        spec,
-        module,
-        sizes,
-        target,
-        scope,
-        seed,
-        mask.cpu(),
-        dict(options),
-        None if valid is None else bool(valid),
-    )
+    valid = None if valid is None else bool(valid)
+    return MaskPicture(spec, module, sizes, target, scope, seed, mask.cpu(), dict(options), valid)
+
+
+def _check_drawable(spec: str, cls: Any) -> None:
+    """Refuse a pattern whose units span several layers: one weight cannot show them."""
+    if getattr(cls, "couples_itself", False):
+        raise UnsupportedModuleError(
+            f"pattern {spec!r} removes units spanning several layers (a head is rows of q, k "
+            "and v and columns of the output projection); a picture of one weight cannot "
+            "show it: see docs/patterns.md"
+        )
 
 
 def draw_mask(
