@@ -3,7 +3,7 @@
 Every `prunekit ...` line of a shell block in README.md and docs/*.md runs through the real
 console script in a scratch directory (with the repository's files where a command names
 one) and must exit 0; Python snippets that stand alone run, and the Trainer callback the
-docs show trains a real (tiny) BERT.
+docs show (docs/huggingface.md) trains a real (tiny) BERT.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 import prunekit as pk
 
@@ -71,41 +70,20 @@ def python_block(doc: str, heading: str) -> str:
     return section.split("```python", 1)[1].split("```", 1)[0]
 
 
-def test_the_trainer_callback_the_docs_show_prunes_a_bert(tmp_path: Path) -> None:
-    from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
-
+def test_the_trainer_callback_the_docs_show_prunes_a_bert(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the snippet writes its checkpoints to ./bert-pruned
     namespace: dict[str, object] = {}
-    exec(
-        compile(
-            python_block("docs/pruner.md", "## With the Hugging Face Trainer"), "pruner.md", "exec"
-        ),
-        namespace,
-    )
-    callback_cls = namespace["PruneDuringTraining"]
-    torch.manual_seed(0)
-    config = BertConfig(
-        num_hidden_layers=1, hidden_size=32, intermediate_size=64, num_attention_heads=2,
-        vocab_size=64, max_position_embeddings=16, num_labels=2,
-    )  # fmt: skip
-    model = BertForSequenceClassification(config)
-    data = [
-        {"input_ids": torch.randint(0, 64, (8,)), "labels": torch.tensor(i % 2)} for i in range(16)
-    ]
-    prune = {
-        "pattern": "4x1",
-        "target_sparsity": 0.5,
-        "end_step": 4,
-        "pruning_frequency": 2,
-        "op_names": ["encoder"],
-        "sparsity_decay_type": "linear",
-    }
-    callback = callback_cls(prune)  # type: ignore[operator]
-    args = TrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=6,
-        report_to=[], logging_strategy="no", save_strategy="no", use_cpu=True,
-    )  # fmt: skip
-    Trainer(model=model, args=args, train_dataset=data, callbacks=[callback]).train()
-    report = callback.pruner.report()
+    code = python_block("docs/huggingface.md", "# Pruning with the Hugging Face Trainer")
+    exec(compile(code, "huggingface.md", "exec"), namespace)
+    callback = namespace["callback"]
+    report = callback.pruner.report()  # type: ignore[attr-defined]
     assert isinstance(report, pk.PruningReport)
-    assert report.achieved == pytest.approx(0.5, abs=1e-3)
-    assert not any(hasattr(m, "weight_mask") for m in model.modules())  # removed at the end
+    assert report.achieved == pytest.approx(0.8, abs=1e-3)
+    assert not any(hasattr(m, "weight_mask") for m in namespace["model"].modules())  # type: ignore[attr-defined]
+    assert (tmp_path / "bert-pruned" / "checkpoint-5" / "prunekit_pruner.pt").is_file()
+    logged = [e for e in namespace["trainer"].state.log_history if "loss" in e]  # type: ignore[attr-defined]
+    # logged at steps 5 and 10: INC's exp ramp halfway (1 - 0.2 ** 0.5), then the target
+    expected = [pytest.approx(1 - 0.2**0.5, abs=1e-3), pytest.approx(0.8, abs=1e-3)]
+    assert [e["sparsity"] for e in logged] == expected
