@@ -12,8 +12,9 @@ import itertools
 import json
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import torch
@@ -343,6 +344,47 @@ def test_coupled_needs_inputs_and_a_pattern_that_removes_channels() -> None:
         pk.Pruner(
             ResNetish(), {**CONV_FILTERS, "pattern": "4x1"}, example_inputs=torch.randn(1, 3, 8, 8)
         )
+
+
+class Neurons(pk.Pattern):
+    """A plugin's pattern: whole output neurons of a Linear, saying so to coupled pruning."""
+
+    Options = pk.BlockOptions
+
+    def layout(self, name: str, module: nn.Module) -> pk.AxisLayout:
+        return pk.AxisLayout(self.shapes[name], (1,))
+
+    def channel_side(self, name: str) -> Literal["out", "in"] | None:
+        return "out"
+
+
+class NeuronsPlugin:
+    @pk.hookimpl
+    def register_patterns(self, register: Callable[[str, Any], None]) -> None:
+        register("neurons", Neurons)
+        register("silent_neurons", type("Silent", (Neurons,), {"channel_side": _no_side}))
+
+
+def _no_side(self: pk.Pattern, name: str) -> None:
+    return None
+
+
+def test_a_plugin_pattern_that_removes_channels_couples_and_slims() -> None:
+    host = pk.PluginHost()
+    host.add_plugin(NeuronsPlugin(), name="neurons-plugin")
+    model = _mlp([6, 12, 10, 3])
+    x = torch.randn(4, 6)
+    config = {"pattern": "neurons", "target_sparsity": 0.5, "coupled": True}
+    config |= {"pruning_scope": "local", "op_names": ["^0$", "^2$"]}
+    pruner = pk.Pruner(model, config, host=host, example_inputs=x)
+    pruner.prune_now()
+    masked = _output(model, x)
+    pk.slim(model)
+    assert _same(masked, _output(model, x))
+    assert (model[0].out_features, model[2].out_features, model[4].in_features) == (6, 5, 5)
+    with pytest.raises(pk.CouplingError, match="'silent_neurons' does not remove whole"):
+        pk.Pruner(_mlp([6, 12, 3]), {**config, "pattern": "silent_neurons"}, host=host,
+                  example_inputs=x)  # fmt: skip
 
 
 def test_a_head_config_leaves_the_feed_forward_layers_to_another_config() -> None:
