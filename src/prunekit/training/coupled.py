@@ -26,7 +26,7 @@ from prunekit.masks.checks import check_inputs
 from prunekit.masks.limits import check_target
 from prunekit.masks.pattern import Masks, Pattern, PatternConfig
 from prunekit.masks.units import Piece, VirtualOp, unit_masks
-from prunekit.slim.flow import Flow, Member
+from prunekit.slim.flow import Flow
 
 
 class CouplingError(PrunekitError, ValueError):
@@ -131,36 +131,30 @@ def _virtual_ops(flow: Flow, roots: Tensor, chosen: set[int]) -> dict[str, Virtu
             for root in set(roots[member.ids].tolist()) & chosen:
                 makers[root].add(_owner(member.name))
     keys = {root: tuple(sorted(ops)) for root, ops in makers.items()}
-    numbered: dict[tuple[str, ...], dict[int, int]] = defaultdict(dict)
+    group_of = torch.full((roots.numel(),), -1, dtype=torch.int64)  # class root -> group
+    unit_of = torch.full((roots.numel(),), -1, dtype=torch.int64)  # class root -> its unit
+    numbered: dict[tuple[str, ...], int] = {}
+    counts: list[int] = []
     for root in sorted(keys):
-        group = numbered[keys[root]]
-        group[root] = len(group)
-    pieces: dict[tuple[str, ...], list[Piece]] = defaultdict(list)
+        group = numbered.setdefault(keys[root], len(numbered))
+        if group == len(counts):
+            counts.append(0)
+        group_of[root], unit_of[root] = group, counts[group]
+        counts[group] += 1
+    pieces: list[list[Piece]] = [[] for _ in numbered]
     for member in flow.members:
         if member.role == "follower":
             continue
-        _add_pieces(member, roots, keys, numbered, pieces)
-    return {_name(key): VirtualOp(len(numbered[key]), tuple(pieces[key])) for key in numbered}
-
-
-def _add_pieces(
-    member: Member,
-    roots: Tensor,
-    keys: Mapping[int, tuple[str, ...]],
-    numbered: Mapping[tuple[str, ...], dict[int, int]],
-    pieces: dict[tuple[str, ...], list[Piece]],
-) -> None:
-    at = roots[member.ids]
-    for key, units in numbered.items():
-        wanted = torch.tensor(list(units), dtype=torch.int64)
-        inside = torch.isin(at, wanted)
-        if not bool(inside.any()):
-            continue
-        positions = torch.nonzero(inside).flatten()
-        lookup = dict(units)
-        unit = torch.tensor([lookup[int(r)] for r in at[positions].tolist()], dtype=torch.int64)
-        pieces[key].append(Piece(_owner(member.name), member.dim, positions, unit))
-    del keys
+        at = roots[member.ids]
+        groups = group_of[at]
+        for group in torch.unique(groups[groups >= 0]).tolist():
+            positions = torch.nonzero(groups == group).flatten()
+            piece = Piece(_owner(member.name), member.dim, positions, unit_of[at[positions]])
+            pieces[group].append(piece)
+    return {
+        _name(key): VirtualOp(counts[group], tuple(pieces[group]))
+        for key, group in numbered.items()
+    }
 
 
 def _name(key: tuple[str, ...]) -> str:
