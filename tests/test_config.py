@@ -36,7 +36,7 @@ def test_defaults_follow_inc() -> None:
         ("target_sparsity", "lots", "valid number"),
         ("min_sparsity_ratio_per_op", 1.5, "less than or equal to 1"),
         ("max_sparsity_ratio_per_op", -1, "greater than or equal to 0"),
-        ("pruning_scope", "globl", "'global' or 'local'"),
+        ("pruning_scope", "globl", "'global', 'local' or 'per_output'"),
         ("start_step", -1, "greater than or equal to 0"),
         ("end_step", -5, "greater than or equal to 0"),
         ("pruning_frequency", 0, "greater than or equal to 1"),

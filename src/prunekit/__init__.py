@@ -11,6 +11,7 @@ docs/architecture.md shows the flow.
 
 from prunekit.config import PruningConfig, get_pattern, load_config, load_configs
 from prunekit.errors import (
+    CalibrationError,
     ConfigError,
     DimOutOfRangeError,
     ImpossibleTargetError,
@@ -55,7 +56,7 @@ from prunekit.slim.hf import load_slimmed
 from prunekit.slim.plan import SlimPlanError, apply_slim_plan
 from prunekit.slim.slimming import SlimError, SlimReport, slim
 from prunekit.slim.trace import TraceError
-from prunekit.training import OpReport, Pruner, PruningReport, prune
+from prunekit.training import LayerReport, OpReport, Pruner, PruningReport, prune, prune_in_place
 from prunekit.training.coupled import CouplingError
 from prunekit.training.criteria import Criterion, criterion
 
@@ -68,6 +69,7 @@ __all__ = [
     "AxisLayout",
     "BlockLayout",
     "BlockOptions",
+    "CalibrationError",
     "ConfigError",
     "CouplingError",
     "Criterion",
@@ -77,6 +79,7 @@ __all__ = [
     "ImpossibleTargetError",
     "IndivisibleShapeError",
     "InvalidSpecError",
+    "LayerReport",
     "MaskFileError",
     "NameTakenError",
     "OpReport",
@@ -113,6 +116,7 @@ __all__ = [
     "load_plugins",
     "load_slimmed",
     "prune",
+    "prune_in_place",
     "register_pattern",
     "slim",
     "strip_masks",

@@ -156,6 +156,12 @@ class ImpossibleTargetError(PrunekitError, ValueError):
     """The per-op caps (or the pattern's geometry) make the requested sparsity unreachable."""
 
 
+class CalibrationError(PrunekitError, ValueError):
+    """Calibration that cannot work as asked: no calibration data for a criterion that reads
+    it, a model whose repeated blocks cannot be found or are not chained, a pattern that
+    cannot be applied column block by column block."""
+
+
 class MaskFileError(PrunekitError, ValueError):
     """Masks (from a file or a state dict) that do not fit the Pruner's ops."""
 

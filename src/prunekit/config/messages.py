@@ -69,7 +69,7 @@ def explained(
     loc = tuple(error["loc"])
     message = error["msg"]
     if error["type"] == "extra_forbidden" and len(loc) == 1:
-        valid = sorted((top_level - {"pattern_options"}) | option_fields)
+        valid = sorted((top_level - {"pattern_options", "criterion_options"}) | option_fields)
         hint = close_matches(str(loc[0]), valid)
         where = (
             f"PruningConfig's fields and the options of pattern {pattern!r}"
@@ -89,13 +89,14 @@ def explained(
     )
 
 
-def option_error(error: Any, pattern: Any) -> InitErrorDetails:
-    """One error of a pattern's own options, saying which pattern the option belongs to."""
+def option_error(error: Any, pattern: Any, kind: str = "pattern") -> InitErrorDetails:
+    """One error of a pattern's (or a criterion's, ``kind``) own options, saying which
+    pattern or criterion the option belongs to."""
     message = error["msg"]
     if error["type"] == "extra_forbidden":
         message = "unknown key"
     return InitErrorDetails(
-        type=custom(f"{message} (an option of pattern {pattern!r})", error["type"]),
+        type=custom(f"{message} (an option of {kind} {pattern!r})", error["type"]),
         loc=tuple(error["loc"]),
         input=error.get("input"),
     )

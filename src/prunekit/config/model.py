@@ -34,6 +34,12 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails
 
+from prunekit.config.criterion_options import (
+    criterion_of,
+    default_scope,
+    move_criterion_options,
+    scope_problems,
+)
 from prunekit.config.messages import (
     custom,
     detail,
@@ -47,7 +53,8 @@ from prunekit.masks.pattern import Pattern
 from prunekit.plugins.default import default_host
 from prunekit.plugins.host import PluginHost
 
-Scope = Literal["global", "local"]
+Scope = Literal["global", "local", "per_output"]
+LayerSparsity = Literal["uniform", "owl"]
 DecayType = Literal["linear", "cube", "exp", "cos"]
 PruneMode = Literal["Identity", "Static", "Gradual"]
 # N2D2's prune modes are schedules under another name.
@@ -117,7 +124,9 @@ class PruningConfig(BaseModel):
     pruning_scope: Scope = Field(
         "global",
         description="'global': scores compared across all selected ops; 'local': "
-        "each op reaches the target alone.",
+        "each op reaches the target alone; 'per_output': every output row of every op "
+        "reaches it alone (Wanda's comparison group). A criterion may set its own default "
+        "(wanda: 'per_output', sparsegpt: 'local').",
     )
     min_sparsity_ratio_per_op: float = Field(
         0.0,
@@ -200,6 +209,43 @@ class PruningConfig(BaseModel):
         description="The pattern's own parameters (may also be given "
         "flat, at the top level of the config).",
     )
+    criterion_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The criterion's own parameters, such as sparsegpt's blocksize and "
+        "percdamp (may also be given flat, at the top level of the config).",
+    )
+    layer_sparsity: LayerSparsity = Field(
+        "uniform",
+        description="How the target spreads over the model's repeated blocks (calibration): "
+        "'uniform' (every block at the target) or 'owl' (blocks with more activation "
+        "outliers pruned less, OWL; the mean over all selected weights stays the target).",
+    )
+    owl_m: float = Field(
+        5.0,
+        gt=0.0,
+        allow_inf_nan=False,
+        description="OWL's M: a weight is an outlier when its score |w| * ||x|| exceeds M "
+        "times the mean score of its block.",
+    )
+    owl_lambda: float = Field(
+        0.08,
+        ge=0.0,
+        lt=1.0,
+        allow_inf_nan=False,
+        description="OWL's lambda: block sparsities spread over target +- lambda (before "
+        "the per-op caps).",
+    )
+    sequential: bool | None = Field(
+        None,
+        description="Calibration: prune the model's repeated blocks one after another, each "
+        "calibrated on the outputs of the blocks already pruned; None: sequential for "
+        "calibration criteria and OWL when the model has repeated blocks.",
+    )
+    sequential_blocks: str | None = Field(
+        None,
+        description="Calibration: the dotted name of the module list holding the repeated "
+        "blocks ('model.layers'); None: found from the module tree.",
+    )
     _resolution: Resolution | None = PrivateAttr(default=None)
 
     # -- around: the pattern resolved once, flat pattern parameters moved into
@@ -225,6 +271,15 @@ class PruningConfig(BaseModel):
             early += option_errors
             if "target_sparsity" not in data and pattern_cls.default_target(spec) is not None:
                 data["target_sparsity"] = pattern_cls.default_target(spec)
+        criterion = criterion_of(data, host)
+        if criterion is not None:
+            fields, criterion_errors = move_criterion_options(
+                data, *criterion, top_level_keys() | option_fields
+            )
+            option_fields |= fields
+            early += criterion_errors
+            if "pruning_scope" not in data and default_scope(criterion[1]) is not None:
+                data["pruning_scope"] = default_scope(criterion[1])
         try:
             validated = handler(data)
         except ValidationError as exc:
@@ -240,6 +295,8 @@ class PruningConfig(BaseModel):
         assert pattern_cls is not None and options is not None  # no early error: resolved
         validated._resolution = Resolution(host, pattern_cls, params, options)
         raise_all(_pattern_problems(validated, pattern_cls))
+        if criterion is not None:
+            raise_all(scope_problems(*criterion, validated.pruning_scope))
         return validated
 
     # -- fields -----------------------------------------------------------------------------
@@ -384,12 +441,31 @@ def _pattern_problems(config: PruningConfig, pattern_cls: type[Pattern]) -> list
     for field, message in pattern_cls.check_config(config).items():
         value = getattr(config, field, config.pattern_options.get(field))
         problems.append(detail(field, value, message))
+    if config.pruning_scope == "per_output" and pattern_cls.layout is Pattern.layout:
+        problems.append(
+            detail(
+                "pruning_scope",
+                config.pruning_scope,
+                f"pattern {config.pattern!r} chooses its masks itself (it has no block "
+                "layout), so it cannot compare weights within output rows; use 'local' or "
+                "'global'",
+            )
+        )
     return problems
 
 
 def _relation_problems(config: PruningConfig) -> list[InitErrorDetails]:
     """Fields that are valid alone but contradict each other."""
     errors: list[InitErrorDetails] = []
+    if config.coupled and config.pruning_scope == "per_output":
+        errors.append(
+            detail(
+                "pruning_scope",
+                config.pruning_scope,
+                "coupled: true removes whole classes of tied channels across ops, which are "
+                "not rows of one op; use 'local' or 'global'",
+            )
+        )
     if config.min_sparsity_ratio_per_op > config.max_sparsity_ratio_per_op:
         errors.append(
             detail(

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from prunekit.errors import ImpossibleTargetError
+from prunekit.masks.bands import per_output_keep
 from prunekit.masks.geometry import expand_keep, removed_blocks
 from prunekit.masks.numeric import lowest_key, sortable_keys, working_dtype
 from prunekit.masks.problem import Op, Problem, mixed_infinities
@@ -30,6 +31,9 @@ def decide(problem: Problem, comm: multirank.Comm | None = None) -> list[KeepBlo
     """Every op's kept blocks, decided now and made when called (in op order).
 
     ``comm``: the ranks of a multi-rank selection (global scope, counting engine only)."""
+    if problem.settings.scope == "per_output":  # every output row band alone
+        made: list[KeepBlocks] = [partial(_per_output, problem, op) for op in problem.ops]
+        return made if problem.streaming else [partial(_identity, make()) for make in made]
     if problem.engine == "reference":
         return [partial(_identity, keep) for keep in _reference(problem)]
     ops = [op.scored for op in problem.ops]
@@ -106,6 +110,21 @@ def _keyed(problem: Problem, op: Op, dtype: torch.dtype) -> reference.KeyedOp:
         keys[removed_blocks(op.layout, pre.to(scores.device))] = lowest_key(keys)
     sizes = None if op.layout.sizes is None else op.layout.sizes.to(keys.device)
     return reference.KeyedOp(keys, sizes, op.layout.block_size, op.lo, op.hi)
+
+
+def _per_output(problem: Problem, op: Op) -> Tensor:
+    """Op ``op``'s kept blocks when each of its output row bands reaches the target alone."""
+    settings = problem.settings
+    return per_output_keep(
+        op.name,
+        op.layout,
+        tuple(problem.shapes[op.name]),
+        problem.scores[op.name],
+        problem.pre.get(op.name),
+        problem.target,
+        (settings.min_ratio, settings.max_ratio),
+        settings.how,
+    )
 
 
 def _identity(value: Tensor) -> Tensor:

@@ -1,6 +1,7 @@
 """The counting rules every selection path shares, each written once.
 
-* how many blocks an op must / may remove under the ratio caps (:func:`caps_of`);
+* how many blocks an op must / may remove under the ratio caps (:func:`caps_of`), and each
+  output row band of an op under ``per_output`` scope (:func:`block_caps_per_band`);
 * how many it removes on its own under local scope (:func:`local_count`);
 * what limits each op (:func:`op_limit`) and the error when the caps and the geometry
   cannot reach a target: :func:`unreachable` names the ops that limit it and the remedy;
@@ -12,6 +13,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+import torch
+from torch import Tensor
 
 from prunekit.errors import ImpossibleTargetError
 from prunekit.masks.geometry import BlockLayout, blocks_at, limit_note, removable_elements
@@ -30,6 +34,17 @@ def block_caps(blocks: int, at_max: float, at_min: float, pre_removed: int) -> t
     hi = min(math.floor(at_max + _EPS), blocks)
     lo = min(math.ceil(at_min - _EPS), hi)
     return max(lo, pre_removed), max(hi, pre_removed)
+
+
+def block_caps_per_band(
+    blocks: Tensor, at_max: Tensor, at_min: Tensor, pre_removed: Tensor
+) -> tuple[Tensor, Tensor]:
+    """:func:`block_caps` for many bands of one op at once (``per_output`` scope: every
+    output row band alone), each argument a 1-D tensor with one entry per band: the same
+    rule, rounded the same way."""
+    hi = torch.minimum(torch.floor(at_max + _EPS).to(torch.int64), blocks)
+    lo = torch.minimum(torch.ceil(at_min - _EPS).to(torch.int64), hi)
+    return torch.maximum(lo, pre_removed), torch.maximum(hi, pre_removed)
 
 
 def caps_of(

@@ -46,6 +46,7 @@ from prunekit.masks.geometry import (
 from prunekit.masks.limits import OpLimit, op_limit, unreachable
 from prunekit.masks.limits import check_target as checked_target
 from prunekit.masks.problem import Part, Problem, Settings, build
+from prunekit.masks.problem import Scope as EngineScope
 from prunekit.masks.views import Transposed, is_transposed_linear
 
 Masks = dict[str, Tensor]
@@ -294,12 +295,19 @@ class Pattern:
         """The selection problem for these inputs, checked (the engine's one way in)."""
         target = self.check_target(target_sparsity)
         self.check_inputs(scores, pre_masks)
-        if self.config.pruning_scope != "local" or not self.layouts:
+        scope = self.config.pruning_scope
+        if scope not in ("local", "per_output") or not self.layouts:
             problem = self.unreachable(target)
             if problem is not None and (self.layouts or type(self).layout is not Pattern.layout):
                 raise problem
+        engine_scope: EngineScope = "global"
+        if scope == "per_output":
+            self._check_rows_are_outputs()
+            engine_scope = "per_output"
+        elif scope == "local":
+            engine_scope = "local"
         settings = Settings(
-            scope="local" if self.config.pruning_scope == "local" else "global",
+            scope=engine_scope,
             min_ratio=self.config.min_sparsity_ratio_per_op,
             max_ratio=self.config.max_sparsity_ratio_per_op,
             how=getattr(self.options, "criterion_reduce_type", "mean"),
@@ -345,6 +353,18 @@ class Pattern:
         )
 
     # -- internals ------------------------------------------------------------------------------
+    def _check_rows_are_outputs(self) -> None:
+        """``per_output`` compares blocks within rows of dim 0, which is the output side of
+        every supported weight but a transposed convolution's (stored ``(in, out, ...)``)."""
+        for name in self.layouts:
+            if self.module_kinds[name].startswith("ConvTranspose"):
+                raise UnsupportedModuleError(
+                    f"pattern {self.config.pattern!r}: pruning_scope 'per_output' compares "
+                    f"weights within output rows, but op {name!r} ({self.module_kinds[name]}) "
+                    "stores its input channels along dim 0; use pruning_scope 'local' or "
+                    "'global', or leave it out (excluded_op_names)"
+                )
+
     def _check_module(self, name: str, module: nn.Module) -> None:
         """Refuse a module this pattern cannot lay its blocks on, naming what it supports."""
         weight = getattr(module, "weight", None)

@@ -24,7 +24,7 @@ from prunekit.masks.geometry import BlockLayout, Reduce, removed_blocks
 from prunekit.masks.limits import caps_of, local_count
 from prunekit.masks.select.scored import ScoredOp
 
-Scope = Literal["global", "local"]
+Scope = Literal["global", "local", "per_output"]
 Engine = Literal["counting", "reference"]
 
 

@@ -171,7 +171,7 @@ class LnStructuredPattern(Pattern):
         """An int ``amount`` is per op (local scope only); a float one must be within the
         max cap, as a target would."""
         amount = config.options_for(LnStructuredOptions).amount
-        if isinstance(amount, int) and config.pruning_scope == "global":
+        if isinstance(amount, int) and config.pruning_scope != "local":
             return {
                 "amount": f"an int amount ({amount} channels per op) only makes sense per "
                 "op; use pruning_scope='local', or a float amount (a fraction, which "

@@ -62,6 +62,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "prunekit.patterns.ln_structured",
     "prunekit.patterns.head",
     "prunekit.training.criteria",
+    "prunekit.training.calibrated",
     "prunekit.training.schedules",
 )
 

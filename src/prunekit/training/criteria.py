@@ -25,9 +25,10 @@ Built-ins are registered through the ``register_criteria`` hook, like any plugin
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final, Protocol, cast, overload, runtime_checkable
+from typing import Any, Final, Protocol, cast, overload, runtime_checkable
 
 import torch
+from pydantic import BaseModel
 from torch import Tensor
 
 from prunekit.plugins.hookspecs import Register, hookimpl
@@ -94,21 +95,53 @@ def criterion(fn: _ScoreFunction, /) -> Criterion: ...
 
 @overload
 def criterion(
-    *, needs_grad: bool = False, stateful: bool = False
+    *,
+    needs_grad: bool = False,
+    stateful: bool = False,
+    statistics: tuple[str, ...] = (),
+    options: type[BaseModel] | None = None,
+    reconstruct: Callable[..., Any] | None = None,
+    default_scope: str | None = None,
+    scopes: tuple[str, ...] | None = None,
 ) -> Callable[[_ScoreFunction], Criterion]: ...
 
 
 def criterion(
-    fn: _ScoreFunction | None = None, /, *, needs_grad: bool = False, stateful: bool = False
+    fn: _ScoreFunction | None = None,
+    /,
+    *,
+    needs_grad: bool = False,
+    stateful: bool = False,
+    statistics: tuple[str, ...] = (),
+    options: type[BaseModel] | None = None,
+    reconstruct: Callable[..., Any] | None = None,
+    default_scope: str | None = None,
+    scopes: tuple[str, ...] | None = None,
 ) -> Criterion | Callable[[_ScoreFunction], Criterion]:
     """Mark a score function as a criterion: set ``fn.needs_grad`` and ``fn.stateful``.
 
     Works bare (``@criterion``: needs neither) and with arguments
     (``@criterion(needs_grad=True, stateful=True)``). Returns the function itself.
+
+    Calibration criteria (docs/llm.md) also say: ``statistics``, what they read of each
+    op's inputs on calibration data (``"input_norms"``, ``"hessian"``; the function is then
+    called with ``statistics={name: tensor}`` and ``options=``); ``options``, their own
+    config fields (a pydantic model, validated like a pattern's); ``reconstruct``, the
+    function that prunes an op column block by column block and updates its kept weights
+    (the engine then asks the pattern for each column block's mask); ``default_scope``, the
+    ``pruning_scope`` a config takes when it names none; ``scopes``, the scopes it works in.
     """
 
     def mark(function: _ScoreFunction) -> Criterion:
         vars(function).update(needs_grad=needs_grad, stateful=stateful)
+        if statistics or options or reconstruct or default_scope or scopes:
+            vars(function).update(
+                statistics=tuple(statistics),
+                Options=options,
+                reconstruct=reconstruct,
+                default_scope=default_scope,
+                scopes=scopes,
+            )
         return cast(Criterion, function)
 
     return mark if fn is None else mark(fn)

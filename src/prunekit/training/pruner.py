@@ -34,10 +34,12 @@ from prunekit.masks.modules import (
 from prunekit.masks.pattern import Pattern
 from prunekit.masks.views import is_transposed_linear
 from prunekit.plugins.host import PluginHost
+from prunekit.training.calibration import Calibration
 from prunekit.training.groups import Group as _Group
 from prunekit.training.groups import build_groups
 from prunekit.training.ops import shared_weights
-from prunekit.training.report import OpReport, PruningReport
+from prunekit.training.report import OpReport, PruningReport, calibration_layers
+from prunekit.training.undo import Undo
 
 STATE_FORMAT = "prunekit.Pruner"
 STATE_VERSION = 1
@@ -63,6 +65,8 @@ class Pruner:
         optimizer: torch.optim.Optimizer | None = None,
         host: PluginHost | None = None,
         example_inputs: Any = None,
+        calibration_data: Any = None,
+        calibration_device: Any = None,
     ) -> None:
         validated = load_configs(list(configs) if _is_sequence(configs) else configs, host=host)
         groups = build_groups(model, validated, host, example_inputs)
@@ -76,6 +80,8 @@ class Pruner:
                 _check_free(name, module)
         # an op its pattern leaves unpruned (skipped) changes no shared weight
         shared_weights(model, validated, [group.pruned for group in groups])
+        # calibration (wanda, sparsegpt, OWL) planned and checked before anything changes
+        self._calibration = Calibration.plan(model, groups, calibration_data, calibration_device)
         self.model = model
         self.optimizer = optimizer
         self.groups = groups
@@ -120,7 +126,10 @@ class Pruner:
         self._check_attached()
         states: dict[int, dict[str, Tensor]] = {}
         updates: dict[int, tuple[float, dict[str, Tensor]]] = {}
+        calibrating = self._calibrating_due()
         for group in self.groups:  # compute everything first: a failure changes nothing
+            if self._calibration is not None and self._calibration.handles(group.index):
+                continue  # pruned from calibration data, below
             if group.stateful:
                 states[group.index] = self._scores(group, use_state=True)
             target = group.schedule(self.current_step)
@@ -129,6 +138,8 @@ class Pruner:
                     states[group.index] if group.stateful else self._scores(group, use_state=False)
                 )
                 updates[group.index] = (target, self._masks_for(group, scores, target))
+        if calibrating:  # undone in full if it fails, before anything else changes
+            self._calibrated_prune(calibrating)
         for index, state in states.items():
             self.groups[index].state = state
         for index, (target, masks) in updates.items():
@@ -143,6 +154,12 @@ class Pruner:
         config's criterion. Used by :func:`prune`; criteria that need gradients need a
         backward pass first."""
         self._check_attached()
+        if self._calibration is not None:
+            goals = {
+                g.index: g.config.target_sparsity if target is None else target for g in self.groups
+            }
+            self._calibrated_prune(goals)
+            return
         updates = []
         for group in self.groups:
             goal = group.config.target_sparsity if target is None else target
@@ -153,6 +170,63 @@ class Pruner:
             group.applied_target = max(group.applied_target, goal)
             self._check_hardware_validity(group)
         self._enforce()
+
+    def _calibrating_due(self) -> dict[int, float]:
+        """The calibrating configs whose schedule rises at this step, with their targets."""
+        calibration = self._calibration
+        if calibration is None:
+            return {}
+        due = {g.index: g.schedule(self.current_step) for g in self.groups}
+        return {
+            i: t
+            for i, t in due.items()
+            if calibration.handles(i) and t > self.groups[i].applied_target + 1e-12
+        }
+
+    def _calibrated_prune(self, goals: Mapping[int, float]) -> None:
+        """Reach ``goals`` (config index -> target) with calibration: the other configs'
+        masks first, then the calibrating configs block by block on the pruned model. Every
+        change is recorded, and a failure puts every weight and mask back."""
+        assert self._calibration is not None
+        calibration, undo, attached = self._calibration, Undo(), set(self._attached)
+        plain = [g for g in self.groups if g.index in goals and not calibration.handles(g.index)]
+        computed = [
+            (g, self._masks_for(g, self._scores(g, use_state=False, one_shot=True), goals[g.index]))
+            for g in plain
+        ]
+        try:
+            for group, masks in computed:
+                for name, mask in masks.items():
+                    self._apply_one(group.index, name, mask, undo)
+            calibration.run(
+                {i: t for i, t in goals.items() if calibration.handles(i)},
+                lambda index, name, mask: self._apply_one(index, name, mask),
+                undo,
+            )
+        except BaseException:
+            undo.rollback()
+            self._attached = attached
+            raise
+        undo.forget()
+        for group in self.groups:
+            if group.index in goals:
+                group.applied_target = max(group.applied_target, goals[group.index])
+                self._check_hardware_validity(group)
+        self._enforce()
+
+    def _apply_one(self, index: int, name: str, mask: Tensor, undo: Undo | None = None) -> None:
+        """Op ``name`` of config ``index`` gets ``mask`` and its removed weights are zeroed
+        now (calibration reads the pruned model; ``undo`` records what it removes)."""
+        group = self.groups[index]
+        module = group.ops[name]
+        if bool(mask.all()) and not hasattr(module, MASK_BUFFER):
+            return
+        if undo is not None:
+            undo.masked(module, mask)
+        self._apply(group, {name: mask})
+        with torch.no_grad():
+            weight = _tensor(module, "weight")
+            weight.mul_(mask.to(weight.device))
 
     def _check_hardware_validity(self, group: _Group) -> None:
         """Once a config reaches its final target: warn when masks of a pattern that has a
@@ -303,12 +377,20 @@ class Pruner:
                         shape=tuple(mask.shape),
                         elements=mask.numel(),
                         removed=int((~mask).sum()),
-                        target=group.applied_target,
+                        target=self._op_target(group, name),
                         hardware_valid=valid,
                         note=f"skipped: {note}" if name in group.pattern.skipped else note,
                     )
                 )
-        return PruningReport(step=self.current_step, ops=tuple(ops))
+        layers = () if self._calibration is None else calibration_layers(self._calibration)
+        return PruningReport(step=self.current_step, ops=tuple(ops), layers=layers)
+
+    def _op_target(self, group: _Group, name: str) -> float:
+        """The target op ``name`` was pruned to: its block's under OWL, else its config's."""
+        calibration = self._calibration
+        if calibration is not None and calibration.handles(group.index) and group.applied_target:
+            return calibration.op_targets.get(name, group.applied_target)
+        return group.applied_target
 
     # -- persistence --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -500,12 +582,22 @@ def prune(
     config: ConfigInput | Sequence[ConfigInput],
     *,
     example_inputs: Any = None,
+    calibration_data: Any = None,
+    calibration_device: Any = None,
 ) -> Pruner:
     """One-shot pruning: each config's criterion (magnitude by default) scores the weights,
     masks at each config's ``target_sparsity`` are applied at once. Returns the Pruner
     (``pruner.remove()`` makes the model plain again). ``example_inputs``: what the model is
-    called with, for coupled configs (and ``pk.slim`` after)."""
-    pruner = Pruner(model, config, example_inputs=example_inputs)
+    called with, for coupled configs (and ``pk.slim`` after). ``calibration_data``: model
+    inputs (tensors, tuples or dicts) for calibration criteria (``wanda``, ``sparsegpt``)
+    and OWL, run block by block (on ``calibration_device`` when given; docs/llm.md)."""
+    pruner = Pruner(
+        model,
+        config,
+        example_inputs=example_inputs,
+        calibration_data=calibration_data,
+        calibration_device=calibration_device,
+    )
     pruner.prune_now()
     return pruner
 

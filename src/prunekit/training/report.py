@@ -39,11 +39,33 @@ class OpReport:
 
 
 @dataclass(frozen=True)
+class LayerReport:
+    """One unit of a calibration run (a repeated block, or the ops outside the blocks): the
+    target one config had there, and its outlier ratio when OWL chose that target."""
+
+    unit: str
+    config: int
+    target: float
+    elements: int
+    outlier_ratio: float | None = None
+
+
+def calibration_layers(calibration: Any) -> tuple[LayerReport, ...]:
+    """The layer reports of a calibration run (anything with ``layer_targets``)."""
+    return tuple(
+        LayerReport(t.unit, t.config, t.target, t.elements, t.outlier_ratio)
+        for t in getattr(calibration, "layer_targets", ())
+    )
+
+
+@dataclass(frozen=True)
 class PruningReport:
-    """Every op's report and the totals, at one step of a Pruner."""
+    """Every op's report and the totals, at one step of a Pruner; ``layers``: the target of
+    each repeated block in a calibration run (OWL's chosen targets)."""
 
     step: int
     ops: tuple[OpReport, ...] = field(default_factory=tuple)
+    layers: tuple[LayerReport, ...] = field(default_factory=tuple)
 
     @property
     def elements(self) -> int:
@@ -66,6 +88,7 @@ class PruningReport:
             "ops": [
                 {**asdict(op), "shape": list(op.shape), "achieved": op.achieved} for op in self.ops
             ],
+            "layers": [asdict(layer) for layer in self.layers],
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -117,7 +140,21 @@ class PruningReport:
         )
         return table
 
+    def layer_table(self) -> Table:
+        """A rich table of the calibration run's per-block targets."""
+        table = Table(title="targets per block (calibration)", title_justify="left")
+        for column in ("block", "config", "weights", "target", "outlier ratio"):
+            table.add_column(column, justify="left" if column == "block" else "right")
+        for layer in self.layers:
+            ratio = "-" if layer.outlier_ratio is None else f"{layer.outlier_ratio:.3%}"
+            table.add_row(
+                layer.unit, str(layer.config), str(layer.elements), f"{layer.target:.2%}", ratio
+            )
+        return table
+
     def __str__(self) -> str:
         console = Console(width=140, record=True, file=io.StringIO())
         console.print(self.table())
+        if self.layers:
+            console.print(self.layer_table())
         return console.export_text()

@@ -166,3 +166,56 @@ def order_by_value(values: Tensor) -> Tensor:
         np.bitwise_and(packed, 0xFFFFFFFF, out=packed)
         return keys
     return torch.sort(values, stable=True).indices
+
+
+# numpy's partition and sort along rows take these dtypes as they are (sortable keys are
+# int32 or int64, scores float32 or float64); others are widened to float32 first.
+_NUMPY_ROWS = (torch.float32, torch.float64, torch.int32, torch.int64)
+
+
+def row_kth_smallest(values: Tensor, k: int) -> Tensor:
+    """``(rows, 1)``: the ``k``-th smallest (1-based) value of every row of the 2-D
+    ``values``, a selection per row, not a sort. On CPU numpy's ``partition`` along rows
+    runs over the cores in chunks of rows (measured on a (4096, 11008) float32 tensor on 2
+    cores: 0.45 s, where ``torch.kthvalue`` takes 4.1 s and ``torch.topk`` 1.0 s)."""
+    if values.dtype not in _NUMPY_ROWS:
+        values = values.to(torch.float32)
+    if not _on_host(values):
+        return torch.kthvalue(values, k, dim=1, keepdim=True).values
+    source = values.detach().contiguous().numpy()
+    out = np.empty((source.shape[0], 1), dtype=source.dtype)
+
+    def chunk(lo: int, hi: int) -> None:
+        out[lo:hi, 0] = np.partition(source[lo:hi], k - 1, axis=1)[:, k - 1]
+
+    _over_row_chunks(chunk, source.shape[0], source.shape[1])
+    return torch.from_numpy(out)
+
+
+def row_sorted(values: Tensor) -> Tensor:
+    """Every row of the 2-D ``values`` sorted ascending (numpy's SIMD sort on CPU, over the
+    cores in chunks of rows)."""
+    if values.dtype not in _NUMPY_ROWS:
+        values = values.to(torch.float32)
+    if not _on_host(values):
+        return torch.sort(values, dim=1).values
+    out = values.detach().contiguous().numpy().copy()
+
+    def chunk(lo: int, hi: int) -> None:
+        out[lo:hi].sort(axis=1, kind="quicksort")
+
+    _over_row_chunks(chunk, out.shape[0], out.shape[1])
+    return torch.from_numpy(out)
+
+
+def _over_row_chunks(work: Any, rows: int, width: int) -> None:
+    """``work(lo, hi)`` over contiguous row ranges covering ``rows``, one per thread when
+    the rows hold enough values (numpy releases the GIL in its sorts)."""
+    threads = max(1, min(torch.get_num_threads(), rows * width // _SPLIT_FROM, rows))
+    edges = [rows * t // threads for t in range(threads)] + [rows]
+    pending: list[Future[object]] = [
+        workers("chunks").submit(work, lo, hi) for lo, hi in itertools.pairwise(edges[1:])
+    ]
+    work(edges[0], edges[1])
+    for job in pending:
+        job.result()
