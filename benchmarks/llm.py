@@ -9,19 +9,27 @@ sparsity. ``--layers`` scales the model down for a quick check.
 
     python benchmarks/llm.py --pattern 1x1          # about 13.2 GB of weights
     python benchmarks/llm.py --pattern 4x1 --layers 4
+
+``--calibration table`` and ``--calibration 7b`` are the one-shot calibration modes (Wanda,
+SparseGPT, OWL): ``benchmarks/llm_calibration.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import sys
 import time
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import torch
 from torch import nn
 
 import prunekit as pk
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from llm_calibration import perplexity_table, wanda_7b
 
 LLAMA_7B_BLOCK = [
     ("q_proj", 4096, 4096),
@@ -82,7 +90,19 @@ def main() -> None:
     parser.add_argument("--sparsity", type=float, default=0.5)
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--calibration", choices=["table", "7b"], default=None,
+        help="table: the example's perplexity table; 7b: Wanda on a LLaMA-7B-shaped model",
+    )  # fmt: skip
+    parser.add_argument("--batches", type=int, default=4, help="7b: calibration batches")
+    parser.add_argument("--tokens", type=int, default=128, help="7b: tokens per batch")
     args = parser.parse_args()
+    if args.calibration == "table":
+        perplexity_table()
+        return
+    if args.calibration == "7b":
+        wanda_7b(args.layers, args.batches, args.tokens, args.seed)
+        return
 
     started = time.perf_counter()
     modules = llama_linears(args.layers, args.seed)

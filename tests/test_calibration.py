@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import pytest
 import torch
@@ -372,3 +373,13 @@ def test_errors_name_what_is_missing_and_what_would_work() -> None:
         pk.load_config({"pattern": "1x1", "criterion": "sparsegpt", "blocksize": 0})
     with pytest.warns(pk.PruningWarning, match="no config reads it"):
         pk.Pruner(model, {**WANDA, "criterion": "magnitude"}, calibration_data=[1])
+
+
+def test_the_python_blocks_of_docs_llm_md_run_as_shown() -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "llm.md").read_text()
+    blocks = [part.split("```", 1)[0] for part in text.split("```python")[1:]]
+    assert len(blocks) == 2
+    namespace: dict = {}
+    for block in blocks:  # the second uses the first's model config and calibration data
+        exec(compile(block, "llm.md", "exec"), namespace)
+    assert len(namespace["owl"].layers) == 2
