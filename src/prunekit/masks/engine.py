@@ -19,7 +19,7 @@ from prunekit.errors import ImpossibleTargetError
 from prunekit.masks.bands import per_output_keep
 from prunekit.masks.geometry import expand_keep, removed_blocks
 from prunekit.masks.numeric import lowest_key, sortable_keys, working_dtype
-from prunekit.masks.problem import Op, Problem, mixed_infinities
+from prunekit.masks.problem import LatestScores, Op, Problem, mixed_infinities
 from prunekit.masks.select import counting, multirank, reference
 from prunekit.masks.select.memory import release_freed_memory
 from prunekit.masks.select.passes import Resolution, Scratch
@@ -77,6 +77,8 @@ def masks(problem: Problem, keeps: list[KeepBlocks]) -> Iterator[tuple[str, Tens
         if name in problem.pre:
             mask = mask & problem.pre[name].to(mask.device)
         yield name, mask
+    if isinstance(problem.scores, LatestScores):
+        problem.scores.forget()
 
 
 def _reference(problem: Problem) -> list[Tensor]:

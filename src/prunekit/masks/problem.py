@@ -235,6 +235,12 @@ class LatestScores(Mapping[str, Tensor]):
             self.name = name
         return self.value
 
+    def forget(self) -> None:
+        """Drop the remembered scores: the pass is over (the Problem may live on in a
+        reference cycle until the garbage collector runs, and an LLM's down_proj scores
+        are 0.17 GiB)."""
+        self.name, self.value = None, None
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.scores)
 

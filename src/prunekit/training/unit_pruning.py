@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from prunekit.masks.modules import MASK_BUFFER
 from prunekit.masks.pattern import Pattern
+from prunekit.masks.select.memory import release_freed_memory
 from prunekit.training.calibration_plan import CalibratedGroup, Unit
 from prunekit.training.columns import selector
 from prunekit.training.statistics import Collector, for_weight
@@ -109,6 +110,8 @@ def _mask(
             continue  # nothing removed, nothing to attach
         undo.masked(ops[name], mask)
         apply(cg.index, name, mask)
+        del mask
+        release_freed_memory()  # an op's scores and mask buffers, before the next op's
 
 
 def _reconstruct(
@@ -149,3 +152,4 @@ def _reconstruct(
         apply(cg.index, name, kept.t().contiguous() if transposed else kept)
         del rebuilt, statistics
         collector.release(done)
+        release_freed_memory()
