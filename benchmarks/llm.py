@@ -11,7 +11,7 @@ sparsity. ``--layers`` scales the model down for a quick check.
     python benchmarks/llm.py --pattern 4x1 --layers 4
 
 ``--calibration table`` and ``--calibration 7b`` are the one-shot calibration modes (Wanda,
-SparseGPT, OWL): ``benchmarks/llm_calibration.py``.
+SparseGPT, OWL): ``benchmarks/calibration_modes.py``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from torch import nn
 import prunekit as pk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llm_calibration import perplexity_table, wanda_7b
+from calibration_modes import perplexity_table, wanda_7b
 
 LLAMA_7B_BLOCK = [
     ("q_proj", 4096, 4096),
