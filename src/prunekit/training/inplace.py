@@ -26,7 +26,7 @@ from prunekit.plugins.host import PluginHost
 from prunekit.training.calibration import Calibration
 from prunekit.training.groups import Group, build_groups
 from prunekit.training.ops import shared_weights
-from prunekit.training.report import OpReport, PruningReport, calibration_layers
+from prunekit.training.report import PruningReport, calibration_layers, op_report
 from prunekit.training.undo import Undo
 from prunekit.training.unit_pruning import weight_of
 
@@ -131,21 +131,8 @@ def _report(
     targets = {} if calibration is None else calibration.op_targets
     for group in groups:
         for name, module in group.ops.items():
-            weight = weight_of(module)
-            note = group.pattern.skipped.get(name, "")
-            ops.append(
-                OpReport(
-                    name=name,
-                    config=group.index,
-                    pattern=group.config.pattern,
-                    scope=group.config.pruning_scope,
-                    module=type(module).__name__,
-                    shape=tuple(weight.shape),
-                    elements=weight.numel(),
-                    removed=removed.get(name, 0),
-                    target=targets.get(name, group.config.target_sparsity),
-                    note=f"skipped: {note}" if note else "",
-                )
-            )
+            shape = tuple(weight_of(module).shape)
+            target = targets.get(name, group.config.target_sparsity)
+            ops.append(op_report(group, name, module, shape, removed.get(name, 0), target))
     layers = () if calibration is None else calibration_layers(calibration)
     return PruningReport(step=0, ops=tuple(ops), layers=layers)

@@ -38,7 +38,7 @@ from prunekit.training.calibration import Calibration
 from prunekit.training.groups import Group as _Group
 from prunekit.training.groups import build_groups
 from prunekit.training.ops import shared_weights
-from prunekit.training.report import OpReport, PruningReport, calibration_layers
+from prunekit.training.report import PruningReport, calibration_layers, op_report
 from prunekit.training.undo import Undo
 
 STATE_FORMAT = "prunekit.Pruner"
@@ -363,25 +363,14 @@ class Pruner:
         for group in self.groups:
             for name, module in group.ops.items():
                 mask = masks[name]
-                note = group.pattern.skipped.get(name, "")
                 valid = group.pattern.is_hardware_valid(name, mask)
-                if valid is False and not note and group.applied_target > 0:
+                note = ""
+                if valid is False and group.applied_target > 0:
                     note = "not hardware-valid: some groups are not N:M"
-                ops.append(
-                    OpReport(
-                        name=name,
-                        config=group.index,
-                        pattern=group.config.pattern,
-                        scope=group.config.pruning_scope,
-                        module=type(module).__name__,
-                        shape=tuple(mask.shape),
-                        elements=mask.numel(),
-                        removed=int((~mask).sum()),
-                        target=self._op_target(group, name),
-                        hardware_valid=valid,
-                        note=f"skipped: {note}" if name in group.pattern.skipped else note,
-                    )
-                )
+                removed = int((~mask).sum())
+                target = self._op_target(group, name)
+                shape = tuple(mask.shape)
+                ops.append(op_report(group, name, module, shape, removed, target, valid, note))
         layers = () if self._calibration is None else calibration_layers(self._calibration)
         return PruningReport(step=self.current_step, ops=tuple(ops), layers=layers)
 

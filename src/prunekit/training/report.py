@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -36,6 +37,34 @@ class OpReport:
     @property
     def achieved(self) -> float:
         return self.removed / self.elements if self.elements else 0.0
+
+
+def op_report(
+    group: Any,
+    name: str,
+    module: Any,
+    shape: tuple[int, ...],
+    removed: int,
+    target: float,
+    hardware_valid: bool | None = None,
+    note: str = "",
+) -> OpReport:
+    """Op ``name`` of ``group`` (a Pruner's config group) as a report row; an op its
+    pattern leaves out gets its reason, prefixed ``skipped:``."""
+    skipped = group.pattern.skipped.get(name)
+    return OpReport(
+        name=name,
+        config=group.index,
+        pattern=group.config.pattern,
+        scope=group.config.pruning_scope,
+        module=type(module).__name__,
+        shape=shape,
+        elements=math.prod(shape),
+        removed=removed,
+        target=target,
+        hardware_valid=hardware_valid,
+        note=f"skipped: {skipped}" if skipped is not None else note,
+    )
 
 
 @dataclass(frozen=True)
