@@ -96,12 +96,13 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--batches", type=int, default=4, help="7b: calibration batches")
     parser.add_argument("--tokens", type=int, default=128, help="7b: tokens per batch")
+    parser.add_argument("--criterion", default="wanda", help="7b: wanda or sparsegpt")
     args = parser.parse_args()
     if args.calibration == "table":
         perplexity_table()
         return
     if args.calibration == "7b":
-        wanda_7b(args.layers, args.batches, args.tokens, args.seed)
+        wanda_7b(args.layers, args.batches, args.tokens, args.seed, args.criterion)
         return
 
     started = time.perf_counter()
