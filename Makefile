@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo lint typecheck bench bench-scale bench-overhead bench-slim bench-venv clean
+.PHONY: venv test demo lint typecheck bench bench-scale bench-overhead bench-slim bench-venv \
+	llmc-venv bench-llmc clean
 
 venv: $(STAMP)
 
@@ -46,6 +47,21 @@ bench-slim: $(STAMP)
 bench-venv:
 	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
 	.venv-bench/bin/python -m pip install --quiet -c constraints.txt -e '.[bench]'
+
+# prunekit's Wanda and SparseGPT against llm-compressor's on the same tiny LLaMA
+# (benchmarks/llm_compressor.py; `make bench-llmc ARGS=--quick` for a smoke check). Its venv
+# has its own pins (benchmarks/llmc-requirements.txt): constraints.txt less its transformers
+# pin, which llm-compressor 0.14.0.1 cannot take (it needs transformers<=5.17); torch stays
+# pinned to the CPU build.
+llmc-venv:
+	test -x .venv-llmc/bin/python || $(PYTHON) -m venv .venv-llmc
+	grep -v '^transformers==' constraints.txt > .venv-llmc/constraints.txt
+	.venv-llmc/bin/python -m pip install --quiet -c .venv-llmc/constraints.txt \
+		-r benchmarks/llmc-requirements.txt -e .
+
+bench-llmc:
+	test -x .venv-llmc/bin/python || $(MAKE) llmc-venv
+	.venv-llmc/bin/python benchmarks/llm_compressor.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info
