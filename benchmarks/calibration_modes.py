@@ -51,11 +51,11 @@ def _example() -> Any:
     return module
 
 
-def perplexity_table(steps: int = 800) -> None:
+def perplexity_table() -> None:
     """The example's table, as Markdown."""
     example = _example()
 
-    model, train_ids, held_out = example.trained_model(steps, False)
+    model, train_ids, held_out = example.trained_model(example.STEPS, False)
     data = example.calibration_batches(train_ids)
     print(f"held-out perplexity per byte ({len(held_out)} bytes), the decoder layers pruned")
     print("| setting | perplexity | pruning time |\n| --- | ---: | ---: |")
