@@ -25,7 +25,7 @@ fixed cost (torch.fx tracing of the model into per-layer subgraphs), the pruning
 itself (its ``sparsify_weight``) and the rest (setup and its two calibration passes per
 layer), so a reader can see where the difference comes from. Runs where llm-compressor is
 installed (its own venv: ``make llmc-venv``, then ``make bench-llmc``; ``ARGS=--quick`` for
-a smoke check).
+a smoke check; ``--model DIR`` prunes a model saved elsewhere, with the same data).
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ from llm_calibration import (
     calibration_batches,
     perplexity,
     settings,
+    split,
+    text_bytes,
     trained_model,
 )
 
@@ -262,6 +264,30 @@ def interleaved(prunes: Sequence[Callable[[], Run]], repeats: int) -> list[tuple
     return [(min(r, key=lambda run: run.seconds), [run.seconds for run in r]) for r in runs]
 
 
+def load_model(steps: int, directory: Path | None) -> tuple[nn.Module, Tensor, Tensor]:
+    """The model to prune and the example's two splits of the text.
+
+    The example's trained model (trained first if ``out/llm_calibration`` holds no model of
+    ``steps`` steps), or the one saved in ``directory``. Its weights are copied into memory:
+    transformers maps the safetensors file, and another run that saves a model into the
+    same directory would otherwise change them under this one.
+    """
+    from transformers import LlamaForCausalLM
+
+    if directory is None:
+        model, train_ids, held_out = trained_model(steps, False)
+        if not getattr(model.config, "name_or_path", ""):
+            # just trained: oneshot reads the config back from the model's path
+            model = LlamaForCausalLM.from_pretrained(OUT)
+    else:
+        train_ids, held_out = split(text_bytes())
+        model = LlamaForCausalLM.from_pretrained(directory)
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.data = tensor.data.clone()
+    return model.eval(), train_ids, held_out
+
+
 def quiet_llmc(verbose: bool) -> None:
     """llm-compressor logs every layer it prunes through loguru; keep errors only (after its
     import, which installs its own handlers)."""
@@ -279,6 +305,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="two settings, one timed run each")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per tool (fastest)")
     parser.add_argument("--verbose", action="store_true", help="show llm-compressor's log")
+    parser.add_argument(
+        "--steps", type=int, default=800, help="the example's trained model (default 800 steps)"
+    )
+    parser.add_argument(
+        "--model", type=Path, help="a saved model directory to use instead (never trains)"
+    )
     args = parser.parse_args()
     repeats = 1 if args.quick else max(1, args.repeats)
     torch.set_num_threads(2)
@@ -287,12 +319,7 @@ def main() -> None:
     import llmcompressor
     import transformers
 
-    model, train_ids, held_out = trained_model(800, False)
-    if not getattr(model.config, "name_or_path", ""):
-        # just trained: oneshot reads the config back from the model's path, so load it
-        from transformers import LlamaForCausalLM
-
-        model = LlamaForCausalLM.from_pretrained(OUT).eval()
+    model, train_ids, held_out = load_model(args.steps, args.model)
     data = calibration_batches(train_ids)
     dataset, tokenizer = calibration_dataset(data), placeholder_tokenizer()
     todo = cases(args.quick)
