@@ -19,16 +19,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prunekit.config.files import ConfigSource, load_configs
 from prunekit.config.model import PruningConfig
 from prunekit.config.resolve import Resolved, resolve
-from prunekit.errors import OpSelectionError
+from prunekit.errors import ImpossibleTargetError, OpSelectionError
 from prunekit.masks.pattern import Pattern
 from prunekit.plugins.host import PluginHost
 from prunekit.slim.flow import Flow, channel_flow
 from prunekit.slim.slimming import EXAMPLE_ATTRIBUTE
 from prunekit.slim.trace import ExampleInputs, export
 from prunekit.training.coupled import CoupledPattern, CouplingError
-from prunekit.training.ops import select_ops
+from prunekit.training.ops import select_ops, shared_weights
 
 
 @dataclass
@@ -57,6 +58,29 @@ class Group:
     def pruned(self) -> dict[str, nn.Module]:
         """The ops its pattern prunes (not those it leaves alone)."""
         return {n: m for n, m in self.ops.items() if n not in self.pattern.skipped}
+
+
+def checked_groups(
+    model: nn.Module,
+    configs: ConfigSource | Sequence[ConfigSource],
+    host: PluginHost | None,
+    example_inputs: Any,
+) -> list[Group]:
+    """The configs loaded and their groups built, refused before anything changes when a
+    target cannot be reached or a pruned op changes a weight another module shares (what a
+    Pruner and ``prune_in_place`` both start from)."""
+    many = isinstance(configs, Sequence) and not isinstance(configs, (str, bytes))
+    validated = load_configs(list(configs) if many else configs, host=host)  # type: ignore[arg-type]
+    groups = build_groups(model, validated, host, example_inputs)
+    for group in groups:
+        problem = group.pattern.unreachable(group.config.target_sparsity)
+        if problem is not None and type(group.pattern).layout is not Pattern.layout:
+            raise ImpossibleTargetError(
+                f"config {group.index} (pattern {group.config.pattern!r}): {problem}"
+            )
+    # an op its pattern leaves unpruned (skipped) changes no shared weight
+    shared_weights(model, validated, [group.pruned for group in groups])
+    return groups
 
 
 def build_groups(

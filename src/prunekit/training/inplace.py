@@ -14,18 +14,16 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, TypeGuard
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from prunekit.config.files import ConfigSource, load_configs
-from prunekit.errors import ImpossibleTargetError, PrunekitError
-from prunekit.masks.pattern import Pattern
+from prunekit.config.files import ConfigSource
+from prunekit.errors import PrunekitError
 from prunekit.plugins.host import PluginHost
 from prunekit.training.calibration import Calibration
-from prunekit.training.groups import Group, build_groups
-from prunekit.training.ops import shared_weights
+from prunekit.training.groups import Group, checked_groups
 from prunekit.training.report import PruningReport, calibration_layers, op_report
 from prunekit.training.undo import Undo
 from prunekit.training.unit_pruning import weight_of
@@ -48,28 +46,17 @@ class _Scores(Mapping[str, Tensor]):
         return len(self.group.ops)
 
 
-def _many(value: object) -> TypeGuard[Sequence[Any]]:
-    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
-
-
 def _checked_groups(
     model: nn.Module, configs: ConfigSource | Sequence[ConfigSource], host: PluginHost | None
 ) -> list[Group]:
-    """The configs' groups, every target reachable and no criterion needing gradients."""
-    validated = load_configs(list(configs) if _many(configs) else configs, host=host)
-    groups = build_groups(model, validated, host, None)
+    """The configs' groups (:func:`checked_groups`), and no criterion needing gradients."""
+    groups = checked_groups(model, configs, host, None)
     for group in groups:
-        problem = group.pattern.unreachable(group.config.target_sparsity)
-        if problem is not None and type(group.pattern).layout is not Pattern.layout:
-            raise ImpossibleTargetError(
-                f"config {group.index} (pattern {group.config.pattern!r}): {problem}"
-            )
         if group.needs_grad:
             raise PrunekitError(
                 f"config {group.index}: criterion {group.config.criterion!r} needs gradients; "
                 "prune_in_place prunes without a backward pass: use pk.prune"
             )
-    shared_weights(model, validated, [group.pruned for group in groups])
     return groups
 
 

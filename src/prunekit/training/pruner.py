@@ -11,15 +11,14 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeGuard
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from prunekit.config.files import ConfigSource, load_configs
+from prunekit.config.files import ConfigSource
 from prunekit.config.model import PruningConfig
 from prunekit.errors import (
-    ImpossibleTargetError,
     MaskFileError,
     PrunekitError,
     PruningWarning,
@@ -31,13 +30,11 @@ from prunekit.masks.modules import (
     carries_masks,
     detach,
 )
-from prunekit.masks.pattern import Pattern
 from prunekit.masks.views import is_transposed_linear
 from prunekit.plugins.host import PluginHost
 from prunekit.training.calibration import Calibration
 from prunekit.training.groups import Group as _Group
-from prunekit.training.groups import build_groups
-from prunekit.training.ops import shared_weights
+from prunekit.training.groups import checked_groups
 from prunekit.training.report import PruningReport, calibration_layers, op_report
 from prunekit.training.undo import Undo
 
@@ -68,18 +65,10 @@ class Pruner:
         calibration_data: Any = None,
         calibration_device: Any = None,
     ) -> None:
-        validated = load_configs(list(configs) if _is_sequence(configs) else configs, host=host)
-        groups = build_groups(model, validated, host, example_inputs)
+        groups = checked_groups(model, configs, host, example_inputs)
         for group in groups:
-            problem = group.pattern.unreachable(group.config.target_sparsity)
-            if problem is not None and type(group.pattern).layout is not Pattern.layout:
-                raise ImpossibleTargetError(
-                    f"config {group.index} (pattern {group.config.pattern!r}): {problem}"
-                )
             for name, module in group.ops.items():
                 _check_free(name, module)
-        # an op its pattern leaves unpruned (skipped) changes no shared weight
-        shared_weights(model, validated, [group.pruned for group in groups])
         # calibration (wanda, sparsegpt, OWL) planned and checked before anything changes
         self._calibration = Calibration.plan(model, groups, calibration_data, calibration_device)
         self.model = model
@@ -541,10 +530,6 @@ def _output_channels_kept(module: nn.Module, mask: Tensor) -> Tensor:
     if isinstance(module, nn.modules.conv._ConvTransposeNd) and module.groups > 1:
         kept = kept.repeat(module.groups)
     return kept
-
-
-def _is_sequence(value: object) -> TypeGuard[Sequence[Any]]:
-    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
 
 
 def _config_difference(
