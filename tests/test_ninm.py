@@ -116,13 +116,39 @@ def test_invalid_specs(spec: str, message: str) -> None:
 
 @pytest.mark.parametrize("m", [2, 3, 4, 8, 16])
 @pytest.mark.parametrize("dtype", [torch.int32, torch.float32, torch.bfloat16])
-def test_group_ranking_equals_a_stable_sort(m: int, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("rows", [7, 700])  # few weights sort; many rank pairwise (m <= 8)
+def test_group_ranking_equals_a_stable_sort(m: int, dtype: torch.dtype, rows: int) -> None:
     from prunekit.masks.groups import kept_in_groups as _kept_in_groups
 
     generator = torch.Generator().manual_seed(m)
-    keys = torch.randint(-2, 3, (7, 11, m), generator=generator, dtype=torch.int32)  # many ties
+    keys = torch.randint(-2, 3, (rows, 11, m), generator=generator, dtype=torch.int32)  # ties
     keys = keys.to(dtype)
     for n in range(1, m):
         lowest = torch.sort(keys.to(torch.float64), dim=2, stable=True).indices[..., :n]
         expected = torch.ones(keys.shape, dtype=torch.bool).scatter_(2, lowest, False)
         assert torch.equal(_kept_in_groups(keys, n), expected)
+
+
+@pytest.mark.parametrize(
+    "spec,config,target,width",
+    [
+        ("2:4", {}, 0.5, 4),
+        ("1:4", {}, 0.25, 4),
+        ("4:8", {}, 0.5, 8),
+        ("2:4", {}, 0.3, None),  # below N/M the groups compete: some stay dense
+        ("2:4", {"target_sparsity": 0.4, "max_sparsity_ratio_per_op": 0.4}, 0.5, None),  # capped
+        ("1x1", {}, 0.5, None),
+        ("4x1", {}, 0.5, None),
+    ],
+)
+def test_independent_column_width_is_m_only_where_every_group_is_n_m(
+    spec: str, config: dict, target: float, width: int | None
+) -> None:
+    pattern = pk.get_pattern({"pattern": spec, **config}, {"fc": linear(4, 16)})
+    assert pattern.independent_column_width("fc", target) == width
+
+
+def test_a_skipped_op_has_no_independent_columns() -> None:
+    with pytest.warns(pk.PruningWarning, match="multiple of M=4"):
+        pattern = pk.get_pattern({"pattern": "2:4"}, {"fc": linear(4, 6)})
+    assert pattern.independent_column_width("fc", 0.5) is None

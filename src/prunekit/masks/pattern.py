@@ -225,6 +225,16 @@ class Pattern:
         class of tied channels, in every op that makes or reads it."""
         return None
 
+    def independent_column_width(self, name: str, target: float) -> int | None:
+        """The width of the column groups of op ``name`` whose masks this pattern chooses
+        each by itself at ``target`` (each group's mask depends on its own scores alone), or
+        None when blocks across wider spans compete. A criterion that reconstructs
+        (sparsegpt) then chooses each group's mask only when its column sweep reaches the
+        group, from scores that include the updates of the columns before it, as SparseGPT's
+        reference does for N:M. Default None: the mask of a whole column block is chosen at
+        its start."""
+        return None
+
     def check_target(self, target_sparsity: float) -> float:
         """The target as a float, or an error naming it and the valid range."""
         return checked_target(target_sparsity, self.config.max_sparsity_ratio_per_op)

@@ -104,6 +104,14 @@ class NInMPattern(Pattern):
             )
         return target
 
+    def independent_column_width(self, name: str, target: float) -> int | None:
+        """M when every group becomes N:M (the op's target, after its cap, is N/M): each
+        group then keeps exactly M - N whatever the others score."""
+        if name not in self.layouts:
+            return None
+        reached = min(target, self.config.max_sparsity_ratio_per_op)
+        return self.params["m"] if abs(reached - self.ratio) <= 1e-12 else None
+
     def is_hardware_valid(self, name: str, mask: Tensor) -> bool:
         """Whether op ``name``'s mask is N:M in every group (a skipped op is not)."""
         return bool(super().is_hardware_valid(name, mask))

@@ -42,7 +42,9 @@ class ColumnSelector:
     """The ``select`` a reconstructing criterion calls: each column block's mask at
     ``target`` from its scores (what ``pre_mask``, the op's current ``(out, in)`` mask,
     removed stays removed), made by the pattern on a stand-in for the block and kept, so
-    that :meth:`mask` gives the op's whole mask after."""
+    that :meth:`mask` gives the op's whole mask after. Where the pattern chooses groups of
+    columns each by itself (N:M at N/M), ``sweep`` is their width and the masks are asked
+    for group by group."""
 
     def __init__(
         self,
@@ -54,6 +56,7 @@ class ColumnSelector:
     ) -> None:
         self.pattern, self.config, self.name = pattern, config, name
         self.target, self.pre_mask = target, pre_mask
+        self.sweep = pattern.independent_column_width(name, target)
         self.built: dict[int, Pattern] = {}
         self.parts: list[Tensor] = []
 
