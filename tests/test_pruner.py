@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import pickle
+import warnings
 from pathlib import Path
 
 import pytest
@@ -344,3 +345,46 @@ def test_an_unreachable_target_is_refused_before_training() -> None:
     ):
         pk.Pruner(conv, {**capped, "target_sparsity": 0.9})
     assert not hasattr(conv[0], "weight_mask")
+
+
+def mixtral() -> nn.Module:
+    """transformers' Mixtral: its experts are fused 3-D tensors, no module's weight."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    config = MixtralConfig(
+        vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return MixtralForCausalLM(config).eval()
+
+
+def test_matrices_that_are_no_modules_weight_are_named_in_a_warning() -> None:
+    model = mixtral()
+    config = {"pattern": "1x1", "target_sparsity": 0.5, "op_names": ["layers"]}
+    with pytest.warns(pk.PruningWarning) as caught:
+        pruner = pk.Pruner(model, config)
+    (message,) = [str(w.message) for w in caught if "stay dense" in str(w.message)]
+    assert message.startswith(
+        "config with pattern '1x1': 4 matrices its op_names reach are not the weight of a "
+        "module and stay dense: model.layers.0.mlp.experts.gate_up_proj (MixtralExperts, "
+        "(4, 256, 64)), model.layers.0.mlp.experts.down_proj (MixtralExperts, (4, 64, 128)), "
+        "model.layers.1.mlp.experts.gate_up_proj (MixtralExperts, (4, 256, 64)) and 1 more, "
+        "89% of the weights reached."
+    )
+    assert len(pruner.ops) == 8  # the attention projections; the router is not a Linear
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pk.Pruner(mixtral(), {**config, "op_names": ["self_attn"]})  # reaches no expert
+        pk.Pruner(mlp(), {"target_sparsity": 0.5})
+
+
+def test_reparametrized_weights_are_not_taken_for_fused_matrices() -> None:
+    from torch.nn.utils import parametrize, prune
+
+    model = nn.ModuleDict({"fc": nn.Linear(8, 8), "a": nn.Conv1d(8, 8, 3), "b": nn.Conv1d(8, 8, 3)})
+    prune.l1_unstructured(model["a"], "weight", amount=0.5)  # weight_orig behind weight
+    parametrize.register_parametrization(model["b"], "weight", nn.Identity())  # ...original
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pk.Pruner(model, {"target_sparsity": 0.5, "pruning_op_types": ["Linear"]})

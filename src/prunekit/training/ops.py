@@ -50,6 +50,7 @@ def select_ops(model: nn.Module, config: PruningConfig) -> dict[str, nn.Module]:
         and not any(p.search(name) for p in exclude)
     }
     _warn_unmatched(config, list(candidates))
+    _warn_unprunable(model, config, selected, include, exclude)
     if not selected:
         listing = ", ".join(f"{n} ({type(m).__name__})" for n, m in candidates.items()) or "none"
         raise OpSelectionError(
@@ -75,6 +76,68 @@ def _warn_unmatched(config: PruningConfig, names: Sequence[str]) -> None:
                 PruningWarning,
                 stacklevel=4,
             )
+
+
+# Matrices outside prunable modules below this share of the reached weights are left
+# without a warning: a ViT's class token and position table (0.2% of ViT-B, 3% of a
+# 2-layer test ViT). Fused MoE experts are most of a model's weights.
+_UNPRUNABLE_SHARE = 0.05
+
+
+def _warn_unprunable(
+    model: nn.Module,
+    config: PruningConfig,
+    selected: dict[str, nn.Module],
+    include: Sequence[re.Pattern[str]],
+    exclude: Sequence[re.Pattern[str]],
+) -> None:
+    """Matrices the config's names reach that are no module's ``weight`` (transformers 5's
+    fused MoE experts, ``gate_up_proj`` of shape ``(experts, 2 * ffn, hidden)``) stay dense
+    whatever the target: say so when they are a real share of the weights, or a 50% sparse
+    report would hide a model that is mostly dense."""
+    weights = _weight_ids(model)
+    left: list[tuple[str, str, tuple[int, ...], int]] = []
+    for owner, module in model.named_modules():
+        if (include and not any(p.search(owner) for p in include)) or any(
+            p.search(owner) for p in exclude
+        ):
+            continue
+        for name, parameter in module.named_parameters(recurse=False):
+            if parameter.dim() >= 2 and id(parameter) not in weights:
+                shape = tuple(parameter.shape)
+                left.append((f"{owner}.{name}", type(module).__name__, shape, parameter.numel()))
+    dense = sum(item[3] for item in left)
+    reached = dense + sum(_elements(m) for m in selected.values())
+    if not left or dense < _UNPRUNABLE_SHARE * reached:
+        return
+    shown = ", ".join(f"{n} ({kind}, {shape})" for n, kind, shape, _ in left[:3])
+    more = f" and {len(left) - 3} more" if len(left) > 3 else ""
+    warnings.warn(
+        f"config with pattern {config.pattern!r}: {len(left)} matrices its op_names reach are "
+        f"not the weight of a module and stay dense: {shown}{more}, {dense / reached:.0%} of "
+        "the weights reached. prunekit prunes the weights of modules (Linear, Conv, "
+        "Hugging Face's Conv1D); fused tensors such as transformers' MoE experts are not "
+        "supported",
+        PruningWarning,
+        stacklevel=4,
+    )
+
+
+def _weight_ids(model: nn.Module) -> set[int]:
+    """The ids of the modules' weights, and of what stands behind a reparametrized one
+    (torch.nn.utils.prune's ``weight_orig``, torch.nn.utils.parametrize's ``original``)."""
+    found = {id(m.weight) for m in prunable_modules(model).values()}
+    for module in model.modules():
+        found.add(id(getattr(module, "weight_orig", None)))
+        parametrized = getattr(module, "parametrizations", None)
+        if isinstance(parametrized, nn.ModuleDict) and "weight" in parametrized:
+            found.add(id(getattr(parametrized["weight"], "original", None)))
+    return found
+
+
+def _elements(module: nn.Module) -> int:
+    weight = module.weight
+    return weight.numel() if isinstance(weight, Tensor) else 0
 
 
 def select_all(model: nn.Module, configs: Sequence[PruningConfig]) -> list[dict[str, nn.Module]]:
