@@ -62,6 +62,9 @@ def test_the_weights_equal_those_pk_prune_leaves(config: dict, tmp_path: Path) -
     assert not any(hasattr(m, "weight_mask") for m in in_place.modules())
     assert report.removed == reference.report().removed
     assert [op.target for op in report.ops] == [op.target for op in reference.report().ops]
+    valid = [op.hardware_valid for op in report.ops]
+    assert valid == [op.hardware_valid for op in reference.report().ops]
+    assert valid == [True if config["pattern"] == "2:4" else None] * len(report.ops)
     assert [lay.target for lay in report.layers] == [
         lay.target for lay in reference.report().layers
     ]

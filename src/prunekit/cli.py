@@ -1,5 +1,5 @@
 """The ``prunekit`` command: list patterns and plugins, print the config schema, draw masks,
-verify a checkpoint's zeros against a pattern.
+verify a checkpoint's zeros against a pattern, prune a saved Hugging Face LLM in one shot.
 
 Pictures go to the file ``-o`` names, else to a file named after what is drawn in the
 current directory: the machines it runs on usually have no screen to open a window on.
@@ -22,6 +22,7 @@ from rich.table import Table
 from prunekit import __version__
 from prunekit.config.schema import config_json_schema
 from prunekit.errors import ConfigError, PrunekitError
+from prunekit.integrations.oneshot import flag_config, oneshot
 from prunekit.plugins.default import default_host
 from prunekit.plugins.host import KINDS
 from prunekit.verify import verify_file
@@ -136,6 +137,39 @@ def _verify(args: argparse.Namespace, console: Console) -> int:
     return 0 if report.conforms else 1
 
 
+def _oneshot(args: argparse.Namespace, console: Console) -> int:
+    """Prune a saved causal LM from calibration text and save it; usage errors are one line,
+    exit 2 (the model directory is left as it was)."""
+    flags = [f"--{f}" for f in ("pattern", "criterion", "sparsity") if getattr(args, f)]
+    if args.config and (flags or args.owl):
+        return _fail(f"give --config or {', '.join(flags or ['--owl'])}, not both", "oneshot")
+    try:
+        config: Any = args.config or flag_config(
+            args.pattern or "1x1", args.criterion or "wanda", args.sparsity, args.owl
+        )
+        result = oneshot(
+            args.model, config, Path(args.calibration).read_text(), args.output,
+            samples=args.samples, length=args.length, seed=args.seed, device=args.device,
+            dtype=args.dtype, tokenizer_dir=args.tokenizer,
+            evaluation_text=Path(args.eval).read_text() if args.eval else None,
+        )  # fmt: skip
+    except ImportError as exc:
+        return _fail(f"{exc}; prunekit oneshot needs pip install 'prunekit[hf]'", "oneshot")
+    except ConfigError as exc:
+        return _fail("; ".join(exc.lines), "oneshot")
+    except (PrunekitError, ValueError, OSError) as exc:
+        return _fail(str(exc), "oneshot")
+    console.print(result.report.table())
+    if result.perplexity_before is not None:
+        console.print(
+            f"held-out perplexity: {result.perplexity_before:.3f} dense, "
+            f"{result.perplexity_after:.3f} pruned",
+            markup=False, highlight=False,
+        )  # fmt: skip
+    console.print(f"saved to {result.output}", markup=False, highlight=False)
+    return 0
+
+
 def picture_file_name(spec: str, module: str) -> str:
     """``show``'s file without ``-o``: ``"2:4"`` on linear -> ``"2-4-linear.png"``. Runs of
     characters that are unsafe in file names (``:``, ``/``, ``*``, ...) become one ``-``, as
@@ -167,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_show(commands)
     _add_plot_schedule(commands)
     _add_verify(commands)
+    _add_oneshot(commands)
     return parser
 
 
@@ -265,6 +300,46 @@ def _add_verify(commands: Any) -> None:
         help="a pattern option, repeatable (indivisible=partial); values are JSON when they parse",
     )
     verify.set_defaults(run=_verify)
+
+
+def _add_oneshot(commands: Any) -> None:
+    command = commands.add_parser(
+        "oneshot",
+        help="prune a saved Hugging Face causal LM from calibration text (Wanda, SparseGPT)",
+        description="Load the causal language model saved in MODEL (a save_pretrained "
+        "directory; its tokenizer too), prune it in place from --samples windows of --length "
+        "tokens of the --calibration text file, and save it, its tokenizer and "
+        "prunekit_report.json into --output. Without --config, every Linear of the decoder "
+        "blocks is pruned (embeddings and lm_head stay dense). Needs pip install "
+        "'prunekit[hf]'.",
+    )
+    command.add_argument("model", help="a directory saved with save_pretrained")
+    command.add_argument("--calibration", required=True, help="a text file to calibrate on")
+    command.add_argument("--output", required=True, help="the directory to save into")
+    command.add_argument("--config", help="a YAML/JSON config file (instead of the flags below)")
+    command.add_argument("--pattern", help="a pattern name or spec: 1x1 (default), 2:4, 4x1, ...")
+    command.add_argument(
+        "--criterion", help="wanda (default), sparsegpt, magnitude, or a plugin's criterion"
+    )
+    command.add_argument(
+        "--sparsity", type=float, help="target sparsity (default: N/M for N:M patterns, else 0.5)"
+    )
+    command.add_argument("--owl", action="store_true", help="per-layer targets from OWL")
+    command.add_argument("--samples", type=int, default=128, help="calibration windows (128)")
+    command.add_argument("--length", type=int, default=2048, help="tokens per window (2048)")
+    command.add_argument("--seed", type=int, default=0, help="seed of the window starts (0)")
+    command.add_argument(
+        "--device", help="where each decoder block runs while calibrated (cuda); default CPU"
+    )
+    command.add_argument(
+        "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+        help="the dtype to load the model in (auto: the checkpoint's)",
+    )  # fmt: skip
+    command.add_argument("--tokenizer", help="the tokenizer's directory (default: MODEL)")
+    command.add_argument(
+        "--eval", metavar="FILE", help="a text file: held-out perplexity before and after"
+    )
+    command.set_defaults(run=_oneshot)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -76,12 +76,14 @@ def prune_in_place(
     groups = _checked_groups(model, config, host)
     calibration = Calibration.plan(model, groups, calibration_data, calibration_device)
     removed: dict[str, int] = {}
+    valid: dict[str, bool | None] = {}
 
     def apply(index: int, name: str, mask: Tensor) -> None:
         weight = weight_of(groups[index].ops[name])
         with torch.no_grad():
             weight.mul_(mask.to(weight.device))
         removed[name] = int(mask.numel() - int(torch.count_nonzero(mask)))
+        valid[name] = groups[index].pattern.is_hardware_valid(name, mask)
 
     with tempfile.TemporaryDirectory(dir=undo_dir, prefix="prunekit-undo-") as directory:
         undo = Undo(directory)
@@ -98,7 +100,7 @@ def prune_in_place(
             undo.rollback()
             raise
         undo.forget()
-    return _report(groups, removed, calibration)
+    return _report(groups, removed, valid, calibration)
 
 
 def _prune_plain(group: Group, apply: Any, undo: Undo) -> None:
@@ -112,7 +114,10 @@ def _prune_plain(group: Group, apply: Any, undo: Undo) -> None:
 
 
 def _report(
-    groups: Sequence[Group], removed: Mapping[str, int], calibration: Calibration | None
+    groups: Sequence[Group],
+    removed: Mapping[str, int],
+    valid: Mapping[str, bool | None],
+    calibration: Calibration | None,
 ) -> PruningReport:
     ops = []
     targets = {} if calibration is None else calibration.op_targets
@@ -120,6 +125,10 @@ def _report(
         for name, module in group.ops.items():
             shape = tuple(weight_of(module).shape)
             target = targets.get(name, group.config.target_sparsity)
-            ops.append(op_report(group, name, module, shape, removed.get(name, 0), target))
+            ops.append(
+                op_report(
+                    group, name, module, shape, removed.get(name, 0), target, valid.get(name)
+                )
+            )
     layers = () if calibration is None else calibration_layers(calibration)
     return PruningReport(step=0, ops=tuple(ops), layers=layers)
