@@ -17,7 +17,8 @@ def resident_bytes() -> int:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
-def test_freed_buffers_below_the_mmap_threshold_are_returned() -> None:
+@pytest.mark.parametrize("elements", [None, 1 << 22])
+def test_freed_buffers_below_the_mmap_threshold_are_returned(elements: int | None) -> None:
     """Buffers of 64 KiB live in the heap; freeing every other one leaves holes glibc keeps
     (the resident size does not drop), and only ``malloc_trim`` gives their pages back."""
     kept, dropped = [], []
@@ -26,6 +27,20 @@ def test_freed_buffers_below_the_mmap_threshold_are_returned() -> None:
     freed = sum(t.numel() * t.element_size() for t in dropped)
     del dropped
     before = resident_bytes()
-    release_freed_memory()
+    release_freed_memory(elements)
     assert before - resident_bytes() > freed // 2
+    assert len(kept) == 200
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_after_a_small_op_nothing_is_trimmed() -> None:
+    kept, dropped = [], []
+    for i in range(400):
+        (kept if i % 2 else dropped).append(torch.ones(16 * 1024))
+    freed = sum(t.numel() * t.element_size() for t in dropped)
+    del dropped
+    before = resident_bytes()
+    release_freed_memory((1 << 22) - 1)  # an op of under 4M weights
+    assert before - resident_bytes() < freed // 4
+    release_freed_memory()
     assert len(kept) == 200

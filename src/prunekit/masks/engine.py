@@ -9,6 +9,7 @@ but the one it yields.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from functools import partial
 
@@ -66,8 +67,8 @@ def masks(problem: Problem, keeps: list[KeepBlocks]) -> Iterator[tuple[str, Tens
     still removed."""
     keep_of = {op.name: keep for op, keep in zip(problem.ops, keeps, strict=True)}
     for name, shape in problem.shapes.items():
-        if problem.streaming:
-            release_freed_memory()  # the previous op's buffers, before the next op's
+        if problem.streaming:  # the previous op's buffers, before this (as large) op's
+            release_freed_memory(math.prod(shape))
         scores = problem.scores[name]
         op = problem.by_name.get(name)
         if op is None:

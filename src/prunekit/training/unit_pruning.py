@@ -110,8 +110,9 @@ def _mask(
             continue  # nothing removed, nothing to attach
         undo.masked(ops[name], mask)
         apply(cg.index, name, mask)
+        elements = mask.numel()
         del mask
-        release_freed_memory()  # an op's scores and mask buffers, before the next op's
+        release_freed_memory(elements)  # an op's scores and mask buffers, before the next
 
 
 def _reconstruct(
@@ -152,4 +153,4 @@ def _reconstruct(
         apply(cg.index, name, kept.t().contiguous() if transposed else kept)
         del rebuilt, statistics
         collector.release(done)
-        release_freed_memory()
+        release_freed_memory(weight.numel())
