@@ -160,12 +160,17 @@ def obs_by_dense_solves(weight: Tensor, x: Tensor, blocksize: int, percdamp: flo
     return w, keep
 
 
-def test_sparsegpt_update_matches_dense_solves_within_1e_4() -> None:
-    model, x = correlated_layer(out=8, inp=24, tokens=200)
+# (inputs, blocksize): several column blocks of one chunk; blocks of two chunks (of 32).
+SWEEPS = [(24, 8), (80, 48)]
+
+
+@pytest.mark.parametrize("inputs,blocksize", SWEEPS)
+def test_sparsegpt_update_matches_dense_solves_within_1e_4(inputs: int, blocksize: int) -> None:
+    model, x = correlated_layer(out=8, inp=inputs, tokens=200)
     dense = model[0].weight.detach().clone()
-    config = {"pattern": "1x1", "criterion": "sparsegpt", "target_sparsity": 0.5, "blocksize": 8}
-    pruner = pk.prune(model, config, calibration_data=[x])
-    expected, keep = obs_by_dense_solves(dense, x, 8, 0.01)
+    config = {"pattern": "1x1", "criterion": "sparsegpt", "target_sparsity": 0.5}
+    pruner = pk.prune(model, {**config, "blocksize": blocksize}, calibration_data=[x])
+    expected, keep = obs_by_dense_solves(dense, x, blocksize, 0.01)
     assert torch.equal(pruner.masks["0"], keep)
     got = model[0].weight.detach().double()
     assert float((got - expected).abs().max()) < 1e-4
@@ -201,14 +206,16 @@ def sparsegpt_reference_n_m(weight: Tensor, x: Tensor, n: int, m: int, blocksize
     return w, ~pruned
 
 
-def test_sparsegpt_n_m_chooses_each_group_when_the_sweep_reaches_it() -> None:
+@pytest.mark.parametrize("blocksize", [16, 48])  # 48: a block of two chunks (of 32)
+def test_sparsegpt_n_m_chooses_each_group_when_the_sweep_reaches_it(blocksize: int) -> None:
     """As the reference does: a mask chosen for the whole column block at its start (from
-    scores before the block's own updates) differs here in 144 of the 768 weights."""
+    scores before the block's own updates) differs here in 144 of the 768 weights (blocks
+    of 16)."""
     model, x = correlated_layer()
     dense = model[0].weight.detach().clone()
-    config = {"pattern": "2:4", "criterion": "sparsegpt", "blocksize": 16}
+    config = {"pattern": "2:4", "criterion": "sparsegpt", "blocksize": blocksize}
     pruner = pk.prune(model, {**config, "pruning_scope": "local"}, calibration_data=[x])
-    expected, keep = sparsegpt_reference_n_m(dense, x, 2, 4, 16)
+    expected, keep = sparsegpt_reference_n_m(dense, x, 2, 4, blocksize)
     assert torch.equal(pruner.masks["0"], keep)
     assert float((model[0].weight.detach() - expected).abs().max()) < 1e-5
 
