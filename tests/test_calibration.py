@@ -160,7 +160,7 @@ def obs_by_dense_solves(weight: Tensor, x: Tensor, blocksize: int, percdamp: flo
     return w, keep
 
 
-# (inputs, blocksize): several column blocks of one chunk; blocks of two chunks (of 32).
+# (inputs, blocksize): column blocks of one sweep chunk (of 16); blocks of three chunks.
 SWEEPS = [(24, 8), (80, 48)]
 
 
@@ -206,7 +206,7 @@ def sparsegpt_reference_n_m(weight: Tensor, x: Tensor, n: int, m: int, blocksize
     return w, ~pruned
 
 
-@pytest.mark.parametrize("blocksize", [16, 48])  # 48: a block of two chunks (of 32)
+@pytest.mark.parametrize("blocksize", [16, 48])  # 48: a block of three chunks (of 16)
 def test_sparsegpt_n_m_chooses_each_group_when_the_sweep_reaches_it(blocksize: int) -> None:
     """As the reference does: a mask chosen for the whole column block at its start (from
     scores before the block's own updates) differs here in 144 of the 768 weights (blocks

@@ -104,10 +104,11 @@ ChooseColumns = Callable[[int, int, Tensor], Tensor]
 
 # Columns the sweep visits one by one in a contiguous copy before the rest of the column
 # block takes their errors at once (one matrix product): SparseGPT's lazy batch update of
-# column blocks, applied again inside each block. Measured on CPU (2 threads), a 4096 x 128
-# block: 59.5 ms one column at a time over the whole block, 26.2 ms in chunks of 32; 256 x
-# 128: 5.7 against 4.2 ms.
-_CHUNK = 32
+# column blocks, applied again inside each block. Measured on CPU (2 threads): a 4096 x 128
+# block took 59.5 ms one column at a time over the whole block, 26 ms in chunks of 16 or 32;
+# whole ops (benchmarks/obs_sweep.py), 4096 x 1024: 296 ms in chunks of 16, 326 of 32, 396
+# of 64; 688 x 256: 15.2, 17.3 and 18.6 ms.
+_CHUNK = 16
 
 
 def _chooser(
