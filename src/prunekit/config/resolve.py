@@ -52,6 +52,19 @@ def resolve(config: ConfigSource, host: PluginHost | None = None) -> Resolved:
     )
 
 
+def target_or_default(spec: str, target: float | None, host: PluginHost | None = None) -> float:
+    """``target``, or when None the target a one-off use of pattern ``spec`` takes: the
+    pattern's own default (N/M for ``"2:4"``), else 0.5 (not the config's INC default of
+    0.9, which a picture or a one-shot LLM run rarely wants). An unknown name raises the
+    registry's error, with its did-you-mean."""
+    if target is not None:
+        return target
+    entry = (host or default_host()).patterns.resolve(spec)
+    default_target = getattr(entry.obj, "default_target", None)
+    found = default_target(spec) if callable(default_target) else None
+    return 0.5 if found is None else float(found)
+
+
 def get_pattern(
     config: ConfigSource, modules: Mapping[str, nn.Module], *, host: PluginHost | None = None
 ) -> Pattern:

@@ -26,8 +26,8 @@ from torch import Tensor, nn
 
 from prunekit.config.files import ConfigSource, load_configs
 from prunekit.config.model import PruningConfig
+from prunekit.config.resolve import target_or_default
 from prunekit.errors import CalibrationError
-from prunekit.plugins.default import default_host
 from prunekit.training.blocks import find_blocks
 from prunekit.training.inplace import prune_in_place
 from prunekit.training.report import PruningReport
@@ -104,15 +104,12 @@ def flag_config(
     pattern: str, criterion: str, sparsity: float | None, owl: bool = False
 ) -> dict[str, Any]:
     """The config ``prunekit oneshot``'s flags say. ``sparsity`` None: the pattern's own
-    default target (N/M for ``"2:4"``), else 0.5 (not the config's INC default of 0.9, which
-    no one-shot LLM run wants)."""
-    if sparsity is None:
-        entry = default_host().patterns.resolve(pattern)  # an unknown name fails here, clearly
-        default_target = getattr(entry.obj, "default_target", None)
-        found = default_target(pattern) if callable(default_target) else None
-        sparsity = 0.5 if found is None else float(found)
-    config: dict[str, Any] = {"pattern": pattern, "criterion": criterion}
-    config["target_sparsity"] = sparsity
+    default target (N/M for ``"2:4"``), else 0.5."""
+    config: dict[str, Any] = {
+        "pattern": pattern,
+        "criterion": criterion,
+        "target_sparsity": target_or_default(pattern, sparsity),
+    }
     if owl:
         config["layer_sparsity"] = "owl"
     return config
@@ -141,8 +138,8 @@ def oneshot(
 ) -> OneshotResult:
     """Prune the causal LM saved in ``model_dir`` with ``config`` (one or several, as
     :func:`prunekit.load_configs` reads them; one without ``op_names`` prunes the decoder
-    blocks' Linears) on windows of
-    ``calibration_text``, and save it with its tokenizer and the report into ``output``.
+    blocks' Linears) on windows of ``calibration_text``, and save it with its tokenizer and
+    the report into ``output``.
     ``device``: where each decoder block runs while it is calibrated (the model stays on the
     CPU). Nothing is written when pruning fails."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

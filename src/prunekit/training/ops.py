@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
@@ -40,17 +40,14 @@ def _type_matches(module: nn.Module, type_names: Sequence[str]) -> bool:
 def select_ops(model: nn.Module, config: PruningConfig) -> dict[str, nn.Module]:
     """The modules ``config`` prunes, in the model's order; an error when there are none."""
     candidates = prunable_modules(model)
-    include = [re.compile(p) for p in config.op_names]
-    exclude = [re.compile(p) for p in config.excluded_op_names]
+    reaches = _name_filter(config)
     selected = {
         name: module
         for name, module in candidates.items()
-        if _type_matches(module, config.pruning_op_types)
-        and (not include or any(p.search(name) for p in include))
-        and not any(p.search(name) for p in exclude)
+        if _type_matches(module, config.pruning_op_types) and reaches(name)
     }
     _warn_unmatched(config, list(candidates))
-    _warn_unprunable(model, config, selected, include, exclude)
+    _warn_unprunable(model, config, candidates, selected, reaches)
     if not selected:
         listing = ", ".join(f"{n} ({type(m).__name__})" for n, m in candidates.items()) or "none"
         raise OpSelectionError(
@@ -84,23 +81,30 @@ def _warn_unmatched(config: PruningConfig, names: Sequence[str]) -> None:
 _UNPRUNABLE_SHARE = 0.05
 
 
+def _name_filter(config: PruningConfig) -> Callable[[str], bool]:
+    """Whether a qualified module name is one ``op_names`` and ``excluded_op_names`` let in."""
+    include = [re.compile(p) for p in config.op_names]
+    exclude = [re.compile(p) for p in config.excluded_op_names]
+    return lambda name: (not include or any(p.search(name) for p in include)) and not any(
+        p.search(name) for p in exclude
+    )
+
+
 def _warn_unprunable(
     model: nn.Module,
     config: PruningConfig,
+    candidates: dict[str, nn.Module],
     selected: dict[str, nn.Module],
-    include: Sequence[re.Pattern[str]],
-    exclude: Sequence[re.Pattern[str]],
+    reaches: Callable[[str], bool],
 ) -> None:
     """Matrices the config's names reach that are no module's ``weight`` (transformers 5's
     fused MoE experts, ``gate_up_proj`` of shape ``(experts, 2 * ffn, hidden)``) stay dense
     whatever the target: say so when they are a real share of the weights, or a 50% sparse
     report would hide a model that is mostly dense."""
-    weights = _weight_ids(model)
+    weights = _weight_ids(model, candidates)
     left: list[tuple[str, str, tuple[int, ...], int]] = []
     for owner, module in model.named_modules():
-        if (include and not any(p.search(owner) for p in include)) or any(
-            p.search(owner) for p in exclude
-        ):
+        if not reaches(owner):
             continue
         for name, parameter in module.named_parameters(recurse=False):
             if parameter.dim() >= 2 and id(parameter) not in weights:
@@ -123,10 +127,10 @@ def _warn_unprunable(
     )
 
 
-def _weight_ids(model: nn.Module) -> set[int]:
-    """The ids of the modules' weights, and of what stands behind a reparametrized one
-    (torch.nn.utils.prune's ``weight_orig``, torch.nn.utils.parametrize's ``original``)."""
-    found = {id(m.weight) for m in prunable_modules(model).values()}
+def _weight_ids(model: nn.Module, candidates: dict[str, nn.Module]) -> set[int]:
+    """The ids of the prunable modules' weights, and of what stands behind a reparametrized
+    one (torch.nn.utils.prune's ``weight_orig``, torch.nn.utils.parametrize's ``original``)."""
+    found = {id(m.weight) for m in candidates.values()}
     for module in model.modules():
         found.add(id(getattr(module, "weight_orig", None)))
         parametrized = getattr(module, "parametrizations", None)

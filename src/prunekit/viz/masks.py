@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor, nn
 
-from prunekit.config.resolve import get_pattern
+from prunekit.config.resolve import get_pattern, target_or_default
 from prunekit.errors import PruningWarning, UnsupportedModuleError
 from prunekit.plugins.default import default_host
 from prunekit.viz.figures import DPI, require_matplotlib, save_figure
@@ -206,11 +206,7 @@ def mask_picture(
     sizes = parse_shape(shape, module)
     entry = default_host().patterns.resolve(spec)  # an unknown name fails here, clearly
     _check_drawable(spec, entry.obj)
-    target = sparsity
-    if target is None:
-        default_target = getattr(entry.obj, "default_target", None)
-        found = default_target(spec) if callable(default_target) else None
-        target = 0.5 if found is None else float(found)
+    target = target_or_default(spec, sparsity)
     generator = torch.Generator().manual_seed(seed)
     scores = torch.rand(sizes, generator=generator)
     op = build_module(module, sizes)
