@@ -13,6 +13,7 @@ Whole model (:func:`model_pass`): every batch through the model once, hooks on t
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -20,7 +21,7 @@ from torch import nn
 
 from prunekit.training.batches import Call, block_inputs, first_output
 from prunekit.training.blocks import Blocks
-from prunekit.training.statistics import Collector
+from prunekit.training.statistics import Collector, StatisticsComplete
 
 # For block i: its ops (name -> module) and the statistics each needs; empty: nothing.
 NeedsOf = Callable[[int], tuple[Mapping[str, nn.Module], Mapping[str, Sequence[str]]]]
@@ -71,8 +72,9 @@ def _through_block(
     ops, needs = needs_of(index)
     if not any(needs.values()):
         return _forward(block, streams, keep=True) if outputs_wanted else streams
-    with Collector(ops, needs) as collector:
-        outputs = _forward(block, streams, collector, keep=outputs_wanted and not prunes)
+    keep = outputs_wanted and not prunes
+    with Collector(ops, needs, stop_early=not keep) as collector:
+        outputs = _forward(block, streams, collector, keep=keep)
     on_block(index, collector)
     del collector
     if outputs_wanted and prunes:
@@ -89,7 +91,10 @@ def _forward(
     for call in streams:
         if collector is not None:
             collector.start()
-        result = first_output(call.run(block))
+        try:
+            result = first_output(call.run(block))
+        except StatisticsComplete:
+            continue  # a statistics-only pass: nothing wanted this batch's outputs
         if keep:
             outputs.append(call.with_hidden(result))
     return outputs
@@ -102,10 +107,11 @@ def model_pass(
     needs: Mapping[str, Sequence[str]],
 ) -> Collector:
     """Every batch through the whole model with hooks on ``ops``: their statistics."""
-    with Collector(ops, needs) as collector:
+    with Collector(ops, needs, stop_early=True) as collector:
         for call in calls:
             collector.start()
-            call.run(model)
+            with contextlib.suppress(StatisticsComplete):  # the rest of the model: not needed
+                call.run(model)
     return collector
 
 

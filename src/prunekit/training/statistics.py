@@ -7,9 +7,9 @@ its criterion needs:
 
 ``input_norms``
     ``||X_j||_2`` over every calibration token, per input feature ``j`` (Wanda's activation
-    norm, OWL's too), accumulated as sums of squares in float64; handed to the criterion
-    shaped to broadcast against the weight as stored (``(1, in)`` for a Linear, ``(in, 1)``
-    for a transposed one).
+    norm, OWL's too), accumulated as sums of squares in float64 across batches; handed to
+    the criterion shaped to broadcast against the weight as stored (``(1, in)`` for a
+    Linear, ``(in, 1)`` for a transposed one).
 ``hessian``
     ``X^T X / tokens`` in float32, ``(in, in)`` (SparseGPT's layer Hessian, up to the
     factor 2 that cancels in its updates).
@@ -17,6 +17,16 @@ its criterion needs:
 Ops called on the very same input tensor, one after another (a decoder's q, k and v; its
 gate and up projections), share one statistic: computed once, held once (LLaMA-7B's three
 4096x4096 float32 Hessians of q, k, v are one).
+
+A pass that only gathers statistics need not finish a batch once the last op has taken its
+input: with ``stop_early`` the collector learns the ops' order on the first batch and, on
+later batches, ends the forward (:class:`StatisticsComplete`) at the last op's pre-hook when
+every op has run exactly once, as on the first batch: a decoder layer's down projection (a
+fifth of its matmuls) or a model's head is then never computed for nothing. A first batch
+that calls an op twice turns the early stop off; a later batch that reaches the last op
+before another runs to the end. (A model that would call an op again after the last one
+only on later batches is beyond what this sees: calibration needs a model that runs the
+same way on every batch, as the sharing check below says too.)
 """
 
 from __future__ import annotations
@@ -32,6 +42,13 @@ from prunekit.errors import CalibrationError, UnsupportedModuleError
 from prunekit.masks.views import is_transposed_linear
 
 
+class StatisticsComplete(BaseException):
+    """Raised from the last op's pre-hook: this batch's statistics are all taken.
+
+    A ``BaseException``, like ``GeneratorExit``, so that a model's own ``except Exception``
+    cannot swallow it and carry on with the forward."""
+
+
 class Statistic(Protocol):
     """One op's running statistic of its inputs."""
 
@@ -45,13 +62,15 @@ class Statistic(Protocol):
 
 
 class InputNorms:
-    """``||X_j||_2`` per input feature over every token (sums of squares in float64)."""
+    """``||X_j||_2`` per input feature over every token: each batch's sums of squares in
+    float32 (summed pairwise by torch, exact enough for a batch's thousands of tokens and
+    twice as fast as float64 on the CPU), added up across batches in float64."""
 
     def __init__(self, features: int, device: torch.device) -> None:
         self.squares = torch.zeros(features, dtype=torch.float64, device=device)
 
     def add(self, rows: Tensor) -> None:
-        self.squares += rows.float().square().sum(dim=0, dtype=torch.float64)
+        self.squares += rows.float().square().sum(dim=0)
 
     def result(self) -> Tensor:
         return self.squares.sqrt().to(torch.float32)
@@ -113,9 +132,17 @@ class Collector:
     statistics ``needs[name]`` names; a context manager that removes its hooks on exit.
 
     Call :meth:`start` before each batch, so that sharing (ops called one after another on
-    the same input tensor) is found on the first batch and checked on the others."""
+    the same input tensor) is found on the first batch and checked on the others.
+    ``stop_early``: the caller does not want the batch's outputs and catches
+    :class:`StatisticsComplete` (see the module's docstring)."""
 
-    def __init__(self, ops: Mapping[str, nn.Module], needs: Mapping[str, Sequence[str]]) -> None:
+    def __init__(
+        self,
+        ops: Mapping[str, nn.Module],
+        needs: Mapping[str, Sequence[str]],
+        *,
+        stop_early: bool = False,
+    ) -> None:
         self.ops = {name: m for name, m in ops.items() if needs.get(name)}
         self.needs = {name: tuple(needs[name]) for name in self.ops}
         self.features = {name: in_features(name, m) for name, m in self.ops.items()}
@@ -124,6 +151,9 @@ class Collector:
         self._handles: list[RemovableHandle] = []
         self._last: tuple[Tensor | None, str] = (None, "")
         self._batches = 0
+        self._stop_early = stop_early
+        self._calls: dict[str, int] = {}  # this batch's calls per op
+        self._final: str | None = None  # the op whose pre-hook may end a batch
 
     def __enter__(self) -> Collector:
         for name, module in self.ops.items():
@@ -138,8 +168,14 @@ class Collector:
 
     def start(self) -> None:
         """A new batch begins (its first op's input is no other op's)."""
+        if self._stop_early and self._batches == 1 and self._ran_once_each():
+            self._final = next(reversed(self._calls))  # dicts keep the order of first calls
         self._last = (None, "")
+        self._calls = {}
         self._batches += 1
+
+    def _ran_once_each(self) -> bool:
+        return len(self._calls) == len(self.ops) and all(n == 1 for n in self._calls.values())
 
     def _hook(self, name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -156,6 +192,9 @@ class Collector:
                     "input features"
                 )
             self._take(name, x)
+            self._calls[name] = self._calls.get(name, 0) + 1
+            if name == self._final and self._ran_once_each():
+                raise StatisticsComplete
 
         return hook
 
