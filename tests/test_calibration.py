@@ -10,12 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor, nn
 
 import prunekit as pk
 from models import gpt2, llama
 from prunekit.plugins import PluginHost
 from prunekit.training.calibrated import reconstruct_sparsegpt
+from prunekit.training.columns import selector
 from prunekit.training.criteria import criterion
 
 LAYERS = 3
@@ -218,6 +221,43 @@ def test_sparsegpt_n_m_chooses_each_group_when_the_sweep_reaches_it(blocksize: i
     expected, keep = sparsegpt_reference_n_m(dense, x, 2, 4, blocksize)
     assert torch.equal(pruner.masks["0"], keep)
     assert float((model[0].weight.detach() - expected).abs().max()) < 1e-5
+
+
+@settings(max_examples=60)
+@given(
+    rows=st.integers(1, 40),
+    nm=st.sampled_from([(2, 4), (1, 4), (4, 8), (1, 2), (3, 4)]),
+    scope=st.sampled_from(["local", "per_output"]),
+    with_pre=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_the_n_m_sweeps_group_masks_equal_the_patterns_own(
+    rows: int, nm: tuple[int, int], scope: str, with_pre: bool, seed: int
+) -> None:
+    """The sweep's fast path for built-in N:M groups (no selection problem per group) gives
+    the masks ``get_masks`` gives on the same stand-in, ties and pre-masks included."""
+    n, m = nm
+    generator = torch.Generator().manual_seed(seed)
+    config = pk.load_config({"pattern": f"{n}:{m}", "target_sparsity": n / m, "pruning_scope": scope})
+    op = nn.Linear(4 * m, rows, bias=False)
+    pre = torch.rand(rows, 4 * m, generator=generator) > 0.3 if with_pre else None
+    choose = selector(pk.get_pattern(config, {"op": op}), config, "op", n / m, pre)
+    assert choose.sweep == m
+    for start in range(0, 4 * m, m):
+        scores = torch.randint(0, 3, (rows, m), generator=generator).float()  # many ties
+        got = choose(scores, start)
+        part = choose.built[m]
+        pres = None if pre is None else {"op": pre[:, start : start + m]}
+        assert torch.equal(got, part.get_masks({"op": scores}, n / m, pre_masks=pres)["op"])
+
+
+def test_the_n_m_sweep_refuses_nan_scores_by_op() -> None:
+    config = pk.load_config({"pattern": "2:4", "target_sparsity": 0.5, "pruning_scope": "local"})
+    choose = selector(pk.get_pattern(config, {"op": nn.Linear(8, 3)}), config, "op", 0.5, None)
+    scores = torch.ones(3, 4)
+    scores[1, 2] = float("nan")
+    with pytest.raises(pk.ScoreError, match=r"scores\['op'\]: 1 NaN value\(s\)"):
+        choose(scores, 0)
 
 
 # -- every pattern family ------------------------------------------------------------------

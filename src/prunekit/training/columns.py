@@ -20,7 +20,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from prunekit.errors import CalibrationError
+from prunekit.errors import CalibrationError, ScoreError
 from prunekit.masks.geometry import BlockLayout
 from prunekit.masks.groups import GroupLayout
 from prunekit.masks.layouts import AxisLayout, GridLayout
@@ -65,19 +65,50 @@ class ColumnSelector:
         if width not in self.built:
             self.built[width] = column_pattern(self.pattern, self.config, self.name, rows, width)
         part = self.built[width]
+        pre = None
+        if self.pre_mask is not None:
+            pre = self.pre_mask[:, start : start + width].to(scores.device)
         if self.name in part.skipped:
             keep = torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
+        elif (groups := self._sweep_groups(part)) is not None:
+            keep = _every_group_pruned(groups, scores, pre, self.name)
         else:
-            pre = None
-            if self.pre_mask is not None:
-                pre = {self.name: self.pre_mask[:, start : start + width].to(scores.device)}
-            keep = part.get_masks({self.name: scores}, self.target, pre_masks=pre)[self.name]
+            pres = None if pre is None else {self.name: pre}
+            keep = part.get_masks({self.name: scores}, self.target, pre_masks=pres)[self.name]
         self.parts.append(keep)
         return keep
+
+    def _sweep_groups(self, part: Pattern) -> GroupLayout | None:
+        """The stand-in's N:M groups when the sweep asks for one group's mask at N/M
+        (every group pruned, whatever the scores), else None. SparseGPT's 2:4 sweep asks
+        this thousands of times per layer on ``(out, 4)`` scores, where building and solving
+        a selection problem costs several times the mask itself; the mask is then the
+        groups' own rule, the same as :meth:`Pattern.get_masks` gives (a test checks)."""
+        if self.sweep is None or type(part).get_masks is not Pattern.get_masks:
+            return None  # a pattern with masks of its own is always asked
+        layout = part.layouts.get(self.name)
+        if type(layout) is not GroupLayout or layout.groups * layout.m != layout.cols:
+            return None
+        return layout
 
     def mask(self) -> Tensor:
         """The op's ``(out, in)`` mask: the column blocks' masks side by side."""
         return torch.cat(self.parts, dim=1)
+
+
+def _every_group_pruned(
+    groups: GroupLayout, scores: Tensor, pre: Tensor | None, name: str
+) -> Tensor:
+    """The N:M mask of ``scores`` with every group pruned: the N lowest of each group
+    removed (ties to the lower index), what ``pre`` removed first and still removed."""
+    if bool(torch.isnan(scores.sum())) and bool(torch.isnan(scores).any()):
+        count = int(torch.isnan(scores).sum())
+        raise ScoreError(
+            f"scores[{name!r}]: {count} NaN value(s); scores must be numbers (inf is allowed)"
+        )
+    pruned = torch.zeros(groups.num_blocks, dtype=torch.bool, device=scores.device)
+    keep = groups.expand_within(pruned, scores, pre)
+    return keep if pre is None else keep & pre
 
 
 def selector(
