@@ -238,7 +238,9 @@ def test_the_n_m_sweeps_group_masks_equal_the_patterns_own(
     the masks ``get_masks`` gives on the same stand-in, ties and pre-masks included."""
     n, m = nm
     generator = torch.Generator().manual_seed(seed)
-    config = pk.load_config({"pattern": f"{n}:{m}", "target_sparsity": n / m, "pruning_scope": scope})
+    config = pk.load_config(
+        {"pattern": f"{n}:{m}", "target_sparsity": n / m, "pruning_scope": scope}
+    )
     op = nn.Linear(4 * m, rows, bias=False)
     pre = torch.rand(rows, 4 * m, generator=generator) > 0.3 if with_pre else None
     choose = selector(pk.get_pattern(config, {"op": op}), config, "op", n / m, pre)
