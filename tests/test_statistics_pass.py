@@ -60,90 +60,63 @@ def test_the_early_stopped_pass_gives_the_statistics_of_full_forwards() -> None:
         assert torch.equal(got["hessian"], expected[name]["hessian"]), name
 
 
-class Twice(nn.Module):
-    """One Linear applied twice per forward (a weight-tied loop), then a head."""
+def head_runs_of_a_pass(model: nn.Module, calls: list[Call], ops: dict[str, nn.Module]) -> int:
+    """Run :func:`model_pass` with early stops; check every op's statistics against full
+    forwards and return how many batches reached ``model.head``."""
+    expected = full_forward_statistics(model, ops, calls)
+    head = count_calls(model.head)
+    with torch.no_grad():
+        collector = model_pass(model, calls, ops, {n: NEEDS for n in ops})
+    for name in ops:
+        got = collector.results(name)
+        assert torch.equal(got["input_norms"], expected[name]["input_norms"]), name
+        assert torch.equal(got["hessian"], expected[name]["hessian"]), name
+    return head[0]
 
-    def __init__(self) -> None:
+
+def signed_batches(signs: list[float]) -> list[Call]:
+    """Batches whose first value has the sign given (it chooses a branch below)."""
+    return [Call((torch.rand(3, 4) * s + 0.1 * s,), {}) for s in signs]
+
+
+class Branching(nn.Module):
+    """Two Linears, ``a`` and ``b``, and a head. ``twice``: ``a`` applied twice, ``b``
+    unused. ``sometimes``: ``a``, then ``b`` only on batches whose first value is positive.
+    ``reordered``: ``a`` then ``b`` on those batches, ``b`` then ``a`` on the others."""
+
+    def __init__(self, kind: str) -> None:
         super().__init__()
-        self.shared = nn.Linear(4, 4)
-        self.head = nn.Linear(4, 2)
+        torch.manual_seed(0)
+        self.kind = kind
+        self.a, self.b, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+        with torch.no_grad():  # the identity: ``a`` keeps the sign that picks the branch
+            self.a.weight.copy_(torch.eye(4))
+            self.a.bias.zero_()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.shared(self.shared(x)))
-
-
-class OnlySometimes(nn.Module):
-    """``late`` runs only on batches whose first value is positive."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.early = nn.Linear(4, 4)
-        self.late = nn.Linear(4, 4)
-        self.head = nn.Linear(4, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.early(x)
-        if float(x.flatten()[0]) > 0:
-            x = self.late(x)
-        return self.head(x)
+        positive = float(x.flatten()[0]) > 0
+        if self.kind == "twice":
+            return self.head(self.a(self.a(x)))
+        if self.kind == "sometimes":
+            x = self.a(x)
+            return self.head(self.b(x) if positive else x)
+        return self.head(self.b(self.a(x)) if positive else self.a(self.b(x)))
 
 
 def test_ops_that_run_twice_are_never_stopped_early() -> None:
-    torch.manual_seed(0)
-    model, calls = Twice(), [Call((torch.randn(3, 4),), {}) for _ in range(4)]
-    ops = {"shared": model.shared}
-    expected = full_forward_statistics(model, ops, calls)
-    head = count_calls(model.head)
-    with torch.no_grad():
-        collector = model_pass(model, calls, ops, {"shared": NEEDS})
-    assert head == [4]
-    assert torch.equal(collector.results("shared")["hessian"], expected["shared"]["hessian"])
+    model = Branching("twice")
+    assert head_runs_of_a_pass(model, signed_batches([1.0] * 4), {"a": model.a}) == 4
 
 
 def test_an_op_missing_from_a_batch_lets_that_batch_run_to_the_end() -> None:
-    torch.manual_seed(0)
-    model = OnlySometimes()
-    with torch.no_grad():
-        model.early.weight.copy_(torch.eye(4))
-        model.early.bias.zero_()
-    signs = [1.0, -1.0, 1.0, -1.0, 1.0]  # late runs on batches 0, 2 and 4
-    calls = [Call((torch.rand(3, 4) * s + 0.1 * s,), {}) for s in signs]
-    ops = {"early": model.early, "late": model.late}
-    expected = full_forward_statistics(model, ops, calls)
-    head = count_calls(model.head)
-    with torch.no_grad():
-        collector = model_pass(model, calls, ops, {n: NEEDS for n in ops})
-    assert head == [3]  # batches 0 (learning the order), 1 and 3 (late never ran) in full
-    for name in ops:
-        assert torch.equal(collector.results(name)["hessian"], expected[name]["hessian"]), name
-
-
-class Reordered(nn.Module):
-    """``first`` then ``second`` on batches whose first value is positive, else the other
-    way round (the op that ended the first batch now comes first)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.first = nn.Linear(4, 4)
-        self.second = nn.Linear(4, 4)
-        self.head = nn.Linear(4, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if float(x.flatten()[0]) > 0:
-            return self.head(self.second(self.first(x)))
-        return self.head(self.first(self.second(x)))
+    model = Branching("sometimes")
+    calls = signed_batches([1.0, -1.0, 1.0, -1.0, 1.0])  # b runs on batches 0, 2 and 4
+    # batches 0 (which learns the order), 1 and 3 (b never ran) run in full
+    assert head_runs_of_a_pass(model, calls, {"a": model.a, "b": model.b}) == 3
 
 
 def test_a_batch_that_reaches_the_last_op_first_runs_to_the_end() -> None:
-    torch.manual_seed(0)
-    model = Reordered()
-    signs = [1.0, -1.0, 1.0, -1.0]
-    calls = [Call((torch.rand(3, 4) * s + 0.1 * s,), {}) for s in signs]
-    ops = {"first": model.first, "second": model.second}
-    expected = full_forward_statistics(model, ops, calls)
-    head = count_calls(model.head)
-    with torch.no_grad():
-        collector = model_pass(model, calls, ops, {n: NEEDS for n in ops})
-    assert head == [3]  # only batch 2 ends early (at ``second``, after ``first`` ran)
-    for name in ops:
-        assert torch.equal(collector.results(name)["hessian"], expected[name]["hessian"]), name
+    model = Branching("reordered")
+    calls = signed_batches([1.0, -1.0, 1.0, -1.0])
+    # only batch 2 ends early (at ``b``, after ``a`` ran)
+    assert head_runs_of_a_pass(model, calls, {"a": model.a, "b": model.b}) == 3
