@@ -41,6 +41,22 @@ def count_calls(module: nn.Module) -> list[int]:
     return calls
 
 
+def head_runs_of_a_pass(
+    model: nn.Module, calls: list[Call], ops: dict[str, nn.Module], head: nn.Module
+) -> int:
+    """Run :func:`model_pass` with early stops; check every op's statistics against full
+    forwards and return how many batches reached ``head``."""
+    expected = full_forward_statistics(model, ops, calls)
+    runs = count_calls(head)
+    with torch.no_grad():
+        collector = model_pass(model, calls, ops, {n: NEEDS for n in ops})
+    for name in ops:
+        got = collector.results(name)
+        assert torch.equal(got["input_norms"], expected[name]["input_norms"]), name
+        assert torch.equal(got["hessian"], expected[name]["hessian"]), name
+    return runs[0]
+
+
 def test_the_early_stopped_pass_gives_the_statistics_of_full_forwards() -> None:
     model = llama(layers=2).eval()
     generator = torch.Generator().manual_seed(0)
@@ -48,30 +64,8 @@ def test_the_early_stopped_pass_gives_the_statistics_of_full_forwards() -> None:
         Call((torch.randint(0, 128, (2, 9), generator=generator),), {"use_cache": False})
         for _ in range(5)
     ]
-    ops = linears(model)
-    expected = full_forward_statistics(model, ops, calls)
-    head = count_calls(model.lm_head)
-    with torch.no_grad():
-        collector = model_pass(model, calls, ops, {n: NEEDS for n in ops})
-    assert head == [1]  # only the first batch (which learns the ops' order) reached the head
-    for name in ops:
-        got = collector.results(name)
-        assert torch.equal(got["input_norms"], expected[name]["input_norms"]), name
-        assert torch.equal(got["hessian"], expected[name]["hessian"]), name
-
-
-def head_runs_of_a_pass(model: nn.Module, calls: list[Call], ops: dict[str, nn.Module]) -> int:
-    """Run :func:`model_pass` with early stops; check every op's statistics against full
-    forwards and return how many batches reached ``model.head``."""
-    expected = full_forward_statistics(model, ops, calls)
-    head = count_calls(model.head)
-    with torch.no_grad():
-        collector = model_pass(model, calls, ops, {n: NEEDS for n in ops})
-    for name in ops:
-        got = collector.results(name)
-        assert torch.equal(got["input_norms"], expected[name]["input_norms"]), name
-        assert torch.equal(got["hessian"], expected[name]["hessian"]), name
-    return head[0]
+    # only the first batch (which learns the ops' order) reaches the head
+    assert head_runs_of_a_pass(model, calls, linears(model), model.lm_head) == 1
 
 
 def signed_batches(signs: list[float]) -> list[Call]:
@@ -105,18 +99,18 @@ class Branching(nn.Module):
 
 def test_ops_that_run_twice_are_never_stopped_early() -> None:
     model = Branching("twice")
-    assert head_runs_of_a_pass(model, signed_batches([1.0] * 4), {"a": model.a}) == 4
+    assert head_runs_of_a_pass(model, signed_batches([1.0] * 4), {"a": model.a}, model.head) == 4
 
 
 def test_an_op_missing_from_a_batch_lets_that_batch_run_to_the_end() -> None:
     model = Branching("sometimes")
     calls = signed_batches([1.0, -1.0, 1.0, -1.0, 1.0])  # b runs on batches 0, 2 and 4
     # batches 0 (which learns the order), 1 and 3 (b never ran) run in full
-    assert head_runs_of_a_pass(model, calls, {"a": model.a, "b": model.b}) == 3
+    assert head_runs_of_a_pass(model, calls, {"a": model.a, "b": model.b}, model.head) == 3
 
 
 def test_a_batch_that_reaches_the_last_op_first_runs_to_the_end() -> None:
     model = Branching("reordered")
     calls = signed_batches([1.0, -1.0, 1.0, -1.0])
     # only batch 2 ends early (at ``b``, after ``a`` ran)
-    assert head_runs_of_a_pass(model, calls, {"a": model.a, "b": model.b}) == 3
+    assert head_runs_of_a_pass(model, calls, {"a": model.a, "b": model.b}, model.head) == 3

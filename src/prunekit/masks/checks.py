@@ -58,9 +58,15 @@ def _check_scores(name: str, value: Any, shape: tuple[int, ...]) -> None:
             f"scores[{name!r}]: shape {tuple(value.shape)} does not match "
             f"the weight's shape {shape}"
         )
+    refuse_nan(name, value)
+
+
+def refuse_nan(name: str, scores: Tensor) -> None:
+    """Raise :class:`~prunekit.errors.ScoreError`, naming op ``name``, if ``scores`` has a
+    NaN (no mask can rank it)."""
     # A sum is NaN if any element is (and when +inf meets -inf): cheap first test.
-    if torch.isnan(value.sum()) and bool(torch.isnan(value).any()):
-        count = int(torch.isnan(value).sum())
+    if torch.isnan(scores.sum()) and bool(torch.isnan(scores).any()):
+        count = int(torch.isnan(scores).sum())
         raise ScoreError(
             f"scores[{name!r}]: {count} NaN value(s); scores must be numbers (inf is allowed)"
         )

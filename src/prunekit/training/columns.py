@@ -20,7 +20,8 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from prunekit.errors import CalibrationError, ScoreError
+from prunekit.errors import CalibrationError
+from prunekit.masks.checks import refuse_nan
 from prunekit.masks.geometry import BlockLayout
 from prunekit.masks.groups import GroupLayout
 from prunekit.masks.layouts import AxisLayout, GridLayout
@@ -58,19 +59,21 @@ class ColumnSelector:
         self.target, self.pre_mask = target, pre_mask
         self.sweep = pattern.independent_column_width(name, target)
         self.built: dict[int, Pattern] = {}
+        self.direct: dict[int, GroupLayout | None] = {}  # per width: see _sweep_groups
         self.parts: list[Tensor] = []
 
     def __call__(self, scores: Tensor, start: int) -> Tensor:
         rows, width = scores.shape
         if width not in self.built:
             self.built[width] = column_pattern(self.pattern, self.config, self.name, rows, width)
+            self.direct[width] = self._sweep_groups(self.built[width])
         part = self.built[width]
         pre = None
         if self.pre_mask is not None:
             pre = self.pre_mask[:, start : start + width].to(scores.device)
         if self.name in part.skipped:
             keep = torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
-        elif (groups := self._sweep_groups(part)) is not None:
+        elif (groups := self.direct[width]) is not None:
             keep = _every_group_pruned(groups, scores, pre, self.name)
         else:
             pres = None if pre is None else {self.name: pre}
@@ -101,11 +104,7 @@ def _every_group_pruned(
 ) -> Tensor:
     """The N:M mask of ``scores`` with every group pruned: the N lowest of each group
     removed (ties to the lower index), what ``pre`` removed first and still removed."""
-    if bool(torch.isnan(scores.sum())) and bool(torch.isnan(scores).any()):
-        count = int(torch.isnan(scores).sum())
-        raise ScoreError(
-            f"scores[{name!r}]: {count} NaN value(s); scores must be numbers (inf is allowed)"
-        )
+    refuse_nan(name, scores)
     pruned = torch.zeros(groups.num_blocks, dtype=torch.bool, device=scores.device)
     keep = groups.expand_within(pruned, scores, pre)
     return keep if pre is None else keep & pre
